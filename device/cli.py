@@ -1,0 +1,339 @@
+"""`python -m device run|enroll|products|gallery`: the device's command line.
+
+Exit codes: 0 done, 1 stopped/aborted with nothing changed, 2 bad configuration or arguments,
+3 model bundle problem, 4 product database problem, 5 camera problem, 130 interrupted.
+Recognition events go to stdout as JSON lines; everything else (logs, prompts) to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import signal
+import sys
+import threading
+from collections.abc import Callable, Sequence
+from pathlib import Path
+from typing import Any
+
+from .config import Config, ConfigError, load_config
+from .errors import CameraError, GalleryError, ModelError
+
+logger = logging.getLogger("device")
+
+EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_MODEL, EXIT_GALLERY, EXIT_CAMERA = 0, 1, 2, 3, 4, 5
+EXIT_INTERRUPTED = 130
+
+# Tests replace this to run the CLI with a stand-in model; the real one loads a bundle.
+EmbedderFactory = Callable[[str, int], Any]
+
+
+def _load_embedder(path: str, num_threads: int) -> Any:
+    from .embedder import Embedder
+
+    return Embedder(path, num_threads=num_threads)
+
+
+embedder_factory: EmbedderFactory = _load_embedder
+
+
+# --- arguments -----------------------------------------------------------------------------------
+
+
+def build_parser() -> argparse.ArgumentParser:
+    common = argparse.ArgumentParser(add_help=False)
+    common.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+    common.add_argument(
+        "--validate-config",
+        action="store_true",
+        help="only check the config file: print OK or the problem, exit 0 or 2",
+    )
+    common.add_argument("--model", help="model bundle directory (overrides [model] path)")
+    common.add_argument("--db", help="product database file (overrides [gallery] path)")
+    common.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides [service])")
+
+    with_source = argparse.ArgumentParser(add_help=False)
+    with_source.add_argument(
+        "--source",
+        help='frame source (overrides [camera] source): "picamera2", a camera index, a video '
+        'file, a URL, a folder of images, or "synthetic:PHOTOS_DIR"',
+    )
+
+    parser = argparse.ArgumentParser(
+        prog="python -m device",
+        description="Product recognition on the device: run the live loop, enroll products, "
+        "manage the product database.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    run = sub.add_parser("run", parents=[common, with_source], help="the live recognition loop")
+    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.add_argument("--save-crops", help="save each event's crop as JPEG in this folder")
+    run.add_argument("--threshold", type=float, help="override the matching threshold")
+
+    enroll = sub.add_parser(
+        "enroll", parents=[common, with_source], help="add a product (camera-guided or from photos)"
+    )
+    enroll.add_argument("name", nargs="?", help="product name (with --from-images: optional)")
+    enroll.add_argument(
+        "--views", type=int, help="number of views to capture (default [enroll] views)"
+    )
+    enroll.add_argument("--code", help="product code / SKU")
+    enroll.add_argument("--append", action="store_true", help="add views to an existing product")
+    enroll.add_argument(
+        "--from-images",
+        type=Path,
+        metavar="DIR",
+        help="photos of one product (DIR/*.jpg) or of several (DIR/<product>/*.jpg)",
+    )
+
+    products = sub.add_parser("products", help="list, rename or delete products")
+    psub = products.add_subparsers(dest="action", required=True)
+    plist = psub.add_parser("list", parents=[common], help="the stored products")
+    plist.add_argument("--json", action="store_true", help="one JSON object per product")
+    prename = psub.add_parser("rename", parents=[common], help="rename a product")
+    prename.add_argument("old")
+    prename.add_argument("new")
+    pdelete = psub.add_parser("delete", parents=[common], help="delete a product and its views")
+    pdelete.add_argument("name")
+
+    gallery = sub.add_parser("gallery", help="export/import the product set")
+    gsub = gallery.add_subparsers(dest="action", required=True)
+    gexport = gsub.add_parser(
+        "export", parents=[common], help="write every product to one zip file"
+    )
+    gexport.add_argument("file", type=Path)
+    gimport = gsub.add_parser("import", parents=[common], help="add the products of an export file")
+    gimport.add_argument("file", type=Path)
+    gimport.add_argument("--replace", action="store_true", help="replace products of the same name")
+    gevents = gsub.add_parser(
+        "events", parents=[common], help="the last recognition events (JSON lines)"
+    )
+    gevents.add_argument("--limit", type=int, default=20)
+    return parser
+
+
+def _config(args: argparse.Namespace) -> Config:
+    cfg = load_config(args.config)
+    if args.model:
+        cfg = cfg.replace("model", path=args.model)
+    if args.db:
+        cfg = cfg.replace("gallery", path=args.db)
+    if args.log_level:
+        cfg = cfg.replace("service", log_level=args.log_level.upper())
+    if getattr(args, "source", None):
+        cfg = cfg.replace("camera", source=args.source)
+    if getattr(args, "save_crops", None):
+        cfg = cfg.replace("service", save_crops=args.save_crops)
+    if getattr(args, "threshold", None) is not None:
+        cfg = cfg.replace("matcher", threshold=args.threshold)
+    if getattr(args, "views", None) is not None:
+        cfg = cfg.replace("enroll", views=args.views)
+    return cfg
+
+
+def _setup_logging(level: str) -> None:
+    logging.basicConfig(
+        level=getattr(logging, level.upper(), logging.INFO),
+        stream=sys.stderr,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        force=True,
+    )
+
+
+# --- commands ------------------------------------------------------------------------------------
+
+
+def _open_source(cfg: Config) -> Any:
+    from .camera import open_source
+
+    c = cfg.camera
+    return open_source(c.source, width=c.width, height=c.height, fps=c.fps)
+
+
+def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
+    from .camera import is_live_spec
+    from .gallery import Gallery
+    from .service import Service, make_notifier
+
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        if stop.is_set():  # a second signal: the loop is stuck in a read; leave now
+            raise KeyboardInterrupt
+        logger.info("signal %d: stopping", signum)
+        stop.set()
+
+    old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        with (
+            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
+            Gallery(cfg.gallery.path) as gallery,
+        ):
+            service = Service(
+                cfg,
+                source_factory=lambda: _open_source(cfg),
+                embedder=embedder,
+                gallery=gallery,
+                notifier=make_notifier(),
+                should_stop=stop.is_set,
+                retry=is_live_spec(cfg.camera.source),
+            )
+            stats = service.run(max_frames=args.max_frames)
+        logger.info(
+            "stopped: %d frames, %d events, %d camera errors",
+            stats.frames,
+            stats.n_events,
+            stats.camera_errors,
+        )
+        return EXIT_OK
+    finally:
+        for s, handler in old.items():
+            signal.signal(s, handler)
+
+
+def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
+    from .enroll import EnrollAborted, enroll_from_images, guided_enroll
+    from .gallery import Gallery
+
+    def on_term(signum: int, _frame: object) -> None:
+        raise KeyboardInterrupt  # unwinds out of input() or the frame loop; nothing is stored
+
+    old = signal.signal(signal.SIGTERM, on_term)
+    say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
+
+    def ask(prompt: str) -> str:
+        print(prompt, end="", file=sys.stderr, flush=True)
+        line = sys.stdin.readline()
+        if not line:
+            raise EOFError
+        return line
+
+    try:
+        with (
+            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
+            Gallery(cfg.gallery.path) as gallery,
+        ):
+            if args.from_images:
+                enroll_from_images(
+                    args.from_images,
+                    embedder=embedder,
+                    gallery=gallery,
+                    config=cfg,
+                    name=args.name,
+                    code=args.code,
+                    append=args.append,
+                    say=say,
+                )
+                return EXIT_OK
+            if not args.name:
+                raise ValueError('give the product name: python -m device enroll "Name"')
+            with _open_source(cfg) as source:
+                guided_enroll(
+                    args.name,
+                    source=source,
+                    embedder=embedder,
+                    gallery=gallery,
+                    config=cfg,
+                    code=args.code,
+                    append=args.append,
+                    ask=ask,
+                    say=say,
+                )
+            return EXIT_OK
+    except EnrollAborted as exc:
+        say(f"Enrollment stopped ({exc}): nothing was stored.")
+        return EXIT_ABORTED
+    except KeyboardInterrupt:
+        say("\nEnrollment interrupted: nothing was stored.")
+        return EXIT_INTERRUPTED
+    finally:
+        signal.signal(signal.SIGTERM, old)
+
+
+def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
+    from .gallery import Gallery
+
+    with Gallery(cfg.gallery.path) as gallery:
+        if args.action == "list":
+            items = gallery.products()
+            if args.json:
+                for p in items:
+                    print(
+                        json.dumps(
+                            {
+                                "name": p.name,
+                                "code": p.code,
+                                "views": p.n_views,
+                                "created": p.created,
+                            }
+                        )
+                    )
+            else:
+                width = max([len(p.name) for p in items] + [7])
+                print(f"{'product':<{width}}  views  code  created")
+                for p in items:
+                    print(f"{p.name:<{width}}  {p.n_views:>5}  {p.code or '-'}  {p.created}")
+                print(f"{len(items)} products", file=sys.stderr)
+        elif args.action == "rename":
+            gallery.rename(args.old, args.new)
+            print(f"renamed {args.old!r} to {args.new!r}", file=sys.stderr)
+        elif args.action == "delete":
+            gallery.delete(args.name)
+            print(f"deleted {args.name!r}", file=sys.stderr)
+    return EXIT_OK
+
+
+def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
+    from .gallery import Gallery, export_gallery, import_gallery
+
+    with Gallery(cfg.gallery.path) as gallery:
+        if args.action == "export":
+            n = export_gallery(gallery, args.file)
+            print(f"exported {n} products to {args.file}", file=sys.stderr)
+        elif args.action == "import":
+            with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
+                res = import_gallery(gallery, args.file, embedder, replace=args.replace)
+            print(
+                f"imported {len(res.added)} products ({res.reembedded} views re-embedded for this "
+                f"model); skipped (already present): {res.skipped or 'none'}",
+                file=sys.stderr,
+            )
+        elif args.action == "events":
+            for event in gallery.events(args.limit):
+                print(json.dumps(event))
+    return EXIT_OK
+
+
+COMMANDS = {"run": cmd_run, "enroll": cmd_enroll, "products": cmd_products, "gallery": cmd_gallery}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        cfg = _config(args)
+    except ConfigError as exc:
+        print(f"config error: {exc}", file=sys.stderr)
+        return EXIT_CONFIG
+    if args.validate_config:
+        print(f"OK: {args.config or 'built-in defaults'}")
+        return EXIT_OK
+    _setup_logging(cfg.service.log_level)
+    try:
+        return COMMANDS[args.command](args, cfg)
+    except ModelError as exc:  # BundleError, RuntimeMissingError
+        logger.error("model: %s", exc)
+        return EXIT_MODEL
+    except GalleryError as exc:
+        logger.error("product database: %s", exc)
+        return EXIT_GALLERY
+    except CameraError as exc:
+        logger.error("camera: %s", exc)
+        return EXIT_CAMERA
+    except (ValueError, FileNotFoundError) as exc:
+        logger.error("%s", exc)
+        return EXIT_CONFIG
+    except KeyboardInterrupt:
+        logger.warning("interrupted")
+        return EXIT_INTERRUPTED

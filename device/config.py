@@ -1,0 +1,283 @@
+"""The device's configuration: frozen dataclasses read from a TOML file.
+
+Every section and key has a default (see `device/default_config.toml`, which documents them), so a
+config file only needs what differs. Unknown sections or keys are rejected with their name (a typo
+must not silently fall back to a default) and every value is range-checked with what is allowed.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import tomllib
+
+DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
+LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
+DETECTORS = ("diff", "mog2")
+
+
+class ConfigError(ValueError):
+    """The configuration file is unreadable or holds an unknown key or an out-of-range value."""
+
+
+@dataclass(frozen=True)
+class CameraConfig:
+    # "picamera2", a USB camera index ("0"), a video file, an rtsp:// or http:// URL, a folder of
+    # images, or "synthetic:PHOTOS_DIR" (a generated scene, for demos and tests).
+    source: str = "picamera2"
+    width: int = 640
+    height: int = 480
+    fps: float = 15.0
+    # Region of interest as fractions of the frame: [x0, y0, x1, y1]; objects are looked for inside.
+    roi: tuple[float, float, float, float] = (0.0, 0.0, 1.0, 1.0)
+
+
+@dataclass(frozen=True)
+class DetectorConfig:
+    method: str = "diff"  # "diff" (learnt background, absdiff) or "mog2" (OpenCV's MOG2)
+    work_width: int = 160  # detection runs on a copy of the frame downscaled to this width
+    color: bool = True  # compare colours (largest channel difference); false = grayscale
+    learn_frames: int = 15  # frames averaged (median) into the empty background at start
+    adapt_rate: float = 0.02  # running-average weight while the scene is empty
+    blur: int = 5  # Gaussian blur kernel (odd, pixels of the downscaled frame); 1 = none
+    threshold: int = 28  # grey-level difference (0..255) that counts as changed
+    morph: int = 3  # morphology open/close kernel (pixels of the downscaled frame)
+    min_area: float = 0.01  # smallest object as a fraction of the region of interest
+    pad: float = 0.1  # square crop padding around the object, fraction of its longer side
+    lighting_compensation: bool = True  # divide out a global brightness change before differencing
+
+
+@dataclass(frozen=True)
+class PlacementConfig:
+    stable_frames: int = 5  # consecutive frames with a steady box before recognising
+    stable_iou: float = 0.85  # box overlap between consecutive frames that counts as steady
+    empty_frames: int = 5  # consecutive empty frames before the scene counts as empty again
+    # A scene not empty for this many frames (an object left there, or one that was there when the
+    # background was learnt and is now gone) is taken as the new empty background; 0 = never.
+    relearn_after_frames: int = 9000
+
+
+@dataclass(frozen=True)
+class MatcherConfig:
+    threshold: float | None = None  # cosine similarity; None = the bundle's calibrated threshold
+    ambiguity_margin: float = 0.02  # best two products closer than this -> "ambiguous"
+
+
+@dataclass(frozen=True)
+class ModelConfig:
+    path: str = "/var/lib/prodrec/model"  # bundle directory (model.tflite + model.json)
+    num_threads: int = 2
+
+
+@dataclass(frozen=True)
+class GalleryConfig:
+    path: str = "/var/lib/prodrec/gallery.db"
+    reload_every_s: float = 2.0  # how often `run` checks for products added by another process
+    crop_size: int = 320  # stored view crops are shrunk to at most this many pixels per side
+
+
+@dataclass(frozen=True)
+class EnrollConfig:
+    views: int = 4
+    duplicate_cosine: float = 0.98  # a view this similar to one already taken is refused
+    timeout_s: float = 60.0  # give up waiting for a stable placement after this long
+
+
+@dataclass(frozen=True)
+class ServiceConfig:
+    save_crops: str = ""  # folder for event crops; "" = do not save
+    log_level: str = "INFO"
+    retry_initial_s: float = 0.5  # camera retry back-off: first wait ...
+    retry_max_s: float = 30.0  # ... doubling up to this
+
+
+@dataclass(frozen=True)
+class Config:
+    camera: CameraConfig = field(default_factory=CameraConfig)
+    detector: DetectorConfig = field(default_factory=DetectorConfig)
+    placement: PlacementConfig = field(default_factory=PlacementConfig)
+    matcher: MatcherConfig = field(default_factory=MatcherConfig)
+    model: ModelConfig = field(default_factory=ModelConfig)
+    gallery: GalleryConfig = field(default_factory=GalleryConfig)
+    enroll: EnrollConfig = field(default_factory=EnrollConfig)
+    service: ServiceConfig = field(default_factory=ServiceConfig)
+
+    def replace(self, section: str, **changes: Any) -> Config:
+        """A copy with some keys of one section changed (command-line overrides), re-validated."""
+        new = dataclasses.replace(
+            self, **{section: dataclasses.replace(getattr(self, section), **changes)}
+        )
+        validate(new)
+        return new
+
+
+SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+
+
+# --- loading -------------------------------------------------------------------------------------
+
+
+def load_config(path: str | Path | None = None) -> Config:
+    """Read a TOML config file (None: the built-in defaults). Raises ConfigError saying what is wrong."""
+    if path is None:
+        return Config()
+    path = Path(path)
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError as exc:
+        raise ConfigError(f"config file {path} does not exist") from exc
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"cannot read config file {path}: {exc}") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{path} is not valid TOML: {exc}") from exc
+    return config_from_dict(data, where=str(path))
+
+
+def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
+    unknown = set(data) - set(SECTIONS)
+    if unknown:
+        raise ConfigError(
+            f"{where}: unknown section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS)}"
+        )
+    sections: dict[str, Any] = {}
+    for name, cls in SECTIONS.items():
+        raw = data.get(name, {})
+        if not isinstance(raw, dict):
+            raise ConfigError(f"{where}: [{name}] must be a table")
+        sections[name] = _section(cls, raw, f"{where} [{name}]")
+    cfg = Config(**sections)
+    validate(cfg, where)
+    return cfg
+
+
+def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+    fields = {f.name: f for f in dataclasses.fields(cls)}
+    unknown = set(raw) - set(fields)
+    if unknown:
+        raise ConfigError(f"{where}: unknown key(s) {sorted(unknown)}; allowed: {sorted(fields)}")
+    defaults = cls()
+    values: dict[str, Any] = {}
+    for key, value in raw.items():
+        values[key] = _coerce(value, getattr(defaults, key), key, where)
+    return cls(**values)
+
+
+def _coerce(value: Any, default: Any, key: str, where: str) -> Any:
+    """Type-check a TOML value against the default's type (ints are accepted for floats)."""
+    if key == "threshold":  # optional float
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            return float(value)
+        raise ConfigError(
+            f"{where}: {key} must be a number (omit it to use the bundle's), got {value!r}"
+        )
+    if isinstance(default, bool):
+        if not isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
+        return value
+    if isinstance(default, int):
+        if not isinstance(value, int) or isinstance(value, bool):
+            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+        return value
+    if isinstance(default, float):
+        if (
+            not isinstance(value, (int, float))
+            or isinstance(value, bool)
+            or not math.isfinite(value)
+        ):
+            raise ConfigError(f"{where}: {key} must be a number, got {value!r}")
+        return float(value)
+    if isinstance(default, str):
+        if not isinstance(value, str):
+            raise ConfigError(f"{where}: {key} must be a string, got {value!r}")
+        return value
+    if isinstance(default, tuple):
+        if (
+            not isinstance(value, list)
+            or len(value) != len(default)
+            or not all(isinstance(v, (int, float)) and not isinstance(v, bool) for v in value)
+        ):
+            raise ConfigError(
+                f"{where}: {key} must be a list of {len(default)} numbers, got {value!r}"
+            )
+        return tuple(float(v) for v in value)
+    raise ConfigError(f"{where}: {key}: unsupported value {value!r}")  # pragma: no cover
+
+
+def _check(ok: bool, where: str, key: str, allowed: str, value: Any) -> None:
+    if not ok:
+        raise ConfigError(f"{where}: {key} = {value!r} is out of range; allowed: {allowed}")
+
+
+def validate(cfg: Config, where: str = "config") -> None:
+    """Range checks; raises ConfigError naming the key and what is allowed."""
+    c, d, p, m = cfg.camera, cfg.detector, cfg.placement, cfg.matcher
+    w = f"{where} [camera]"
+    _check(bool(c.source.strip()), w, "source", "a non-empty source", c.source)
+    _check(16 <= c.width <= 8192, w, "width", "16..8192", c.width)
+    _check(16 <= c.height <= 8192, w, "height", "16..8192", c.height)
+    _check(0 < c.fps <= 240, w, "fps", "0 < fps <= 240", c.fps)
+    x0, y0, x1, y1 = c.roi
+    _check(
+        0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1,
+        w,
+        "roi",
+        "[x0, y0, x1, y1] fractions with 0 <= x0 < x1 <= 1 and 0 <= y0 < y1 <= 1",
+        list(c.roi),
+    )
+    w = f"{where} [detector]"
+    _check(d.method in DETECTORS, w, "method", f"one of {list(DETECTORS)}", d.method)
+    _check(32 <= d.work_width <= 1280, w, "work_width", "32..1280", d.work_width)
+    _check(1 <= d.learn_frames <= 1000, w, "learn_frames", "1..1000", d.learn_frames)
+    _check(0 <= d.adapt_rate <= 1, w, "adapt_rate", "0..1", d.adapt_rate)
+    _check(1 <= d.blur <= 31 and d.blur % 2 == 1, w, "blur", "an odd number 1..31", d.blur)
+    _check(1 <= d.threshold <= 254, w, "threshold", "1..254", d.threshold)
+    _check(1 <= d.morph <= 31, w, "morph", "1..31", d.morph)
+    _check(0 < d.min_area < 1, w, "min_area", "0 < min_area < 1 (fraction of the ROI)", d.min_area)
+    _check(0 <= d.pad <= 1, w, "pad", "0..1", d.pad)
+    w = f"{where} [placement]"
+    _check(1 <= p.stable_frames <= 1000, w, "stable_frames", "1..1000", p.stable_frames)
+    _check(0 < p.stable_iou <= 1, w, "stable_iou", "0 < stable_iou <= 1", p.stable_iou)
+    _check(1 <= p.empty_frames <= 1000, w, "empty_frames", "1..1000", p.empty_frames)
+    _check(
+        p.relearn_after_frames == 0 or p.relearn_after_frames > p.stable_frames,
+        w,
+        "relearn_after_frames",
+        "0 (never) or more than stable_frames",
+        p.relearn_after_frames,
+    )
+    w = f"{where} [matcher]"
+    if m.threshold is not None:
+        _check(-1 <= m.threshold <= 1, w, "threshold", "a cosine similarity in -1..1", m.threshold)
+    _check(0 <= m.ambiguity_margin <= 2, w, "ambiguity_margin", "0..2", m.ambiguity_margin)
+    w = f"{where} [model]"
+    _check(bool(cfg.model.path.strip()), w, "path", "a bundle directory", cfg.model.path)
+    _check(1 <= cfg.model.num_threads <= 64, w, "num_threads", "1..64", cfg.model.num_threads)
+    w = f"{where} [gallery]"
+    g = cfg.gallery
+    _check(bool(g.path.strip()), w, "path", "a database file path", g.path)
+    _check(0 < g.reload_every_s <= 3600, w, "reload_every_s", "0 < s <= 3600", g.reload_every_s)
+    _check(32 <= g.crop_size <= 2048, w, "crop_size", "32..2048", g.crop_size)
+    w = f"{where} [enroll]"
+    e = cfg.enroll
+    _check(1 <= e.views <= 64, w, "views", "1..64", e.views)
+    _check(0 < e.duplicate_cosine <= 1, w, "duplicate_cosine", "0 < c <= 1", e.duplicate_cosine)
+    _check(0 < e.timeout_s <= 3600, w, "timeout_s", "0 < s <= 3600", e.timeout_s)
+    w = f"{where} [service]"
+    s = cfg.service
+    _check(
+        s.log_level.upper() in LOG_LEVELS, w, "log_level", f"one of {list(LOG_LEVELS)}", s.log_level
+    )
+    _check(0 < s.retry_initial_s <= 60, w, "retry_initial_s", "0 < s <= 60", s.retry_initial_s)
+    _check(
+        s.retry_initial_s <= s.retry_max_s <= 3600,
+        w,
+        "retry_max_s",
+        "retry_initial_s..3600",
+        s.retry_max_s,
+    )

@@ -1,0 +1,267 @@
+"""Adding a product: guided on the console from the camera, or from photos taken elsewhere.
+
+Guided enrollment captures every view from a stable placement through exactly the detection and
+crop path recognition uses (`ViewCapturer`), refuses a view nearly identical to one already taken
+(cosine above `duplicate_cosine`: the product was not turned), and stores the product with all its
+views in one transaction at the end: interrupting it (Ctrl-C, SIGTERM, closed input) stores nothing.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .background import BackgroundDetector, Detection
+from .camera import FrameSource
+from .config import Config
+from .crop import Box, object_crop
+from .errors import CameraError
+from .gallery import EmbedderLike, Gallery
+from .images import list_images, load_image
+from .placement import Action, PlacementTracker
+
+logger = logging.getLogger(__name__)
+
+PROMPTS = (
+    "Place the product in front of the camera",
+    "Turn it a quarter turn",
+    "Turn it another quarter turn",
+    "Turn it a last quarter turn",
+    "Lay it on its side",
+    "Turn it upside down",
+)
+
+
+class EnrollAborted(Exception):  # noqa: N818 - an outcome, not a fault
+    """The person stopped the enrollment (or the camera/source ended): nothing was stored."""
+
+
+@dataclass(frozen=True)
+class CapturedView:
+    crop: np.ndarray
+    box: Box  # the object's box in the frame
+    crop_box: Box  # the padded square actually cropped
+    embedding: np.ndarray
+
+
+class ViewCapturer:
+    """Reads frames until an object is stable, then crops it (the recognition crop path)."""
+
+    def __init__(
+        self,
+        source: FrameSource,
+        config: Config,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        should_stop: Callable[[], bool] = lambda: False,
+    ) -> None:
+        self.source = source
+        self.config = config
+        self.detector = BackgroundDetector(config.detector, config.camera.roi)
+        self.tracker = PlacementTracker(config.placement)
+        self._clock = clock
+        self._should_stop = should_stop
+
+    def _read(self) -> np.ndarray:
+        if self._should_stop():
+            raise EnrollAborted("stopped")
+        frame = self.source.read()
+        if frame is None:
+            raise EnrollAborted("the video source ended before the view was captured")
+        return frame
+
+    def learn_background(self) -> None:
+        self.detector.reset()
+        while not self.detector.ready:
+            self.detector.detect(self._read())
+
+    def capture(self, timeout_s: float) -> tuple[np.ndarray, Detection, np.ndarray]:
+        """(frame, detection, crop) of the next placement that stays stable."""
+        self.tracker.reset()
+        deadline = self._clock() + timeout_s
+        while True:
+            frame = self._read()
+            det = self.detector.detect(frame)
+            action = self.tracker.update(det)
+            if det is None and self.tracker.is_empty:
+                self.detector.adapt()
+            if action is Action.RECOGNISE and det is not None:
+                crop, _ = object_crop(frame, det.box, self.config.detector.pad)
+                return frame, det, crop
+            if self._clock() > deadline:
+                raise TimeoutError(
+                    f"no steady object within {timeout_s:.0f} s: place the product inside the "
+                    "camera's view and keep it still"
+                )
+
+
+def guided_enroll(
+    name: str,
+    *,
+    source: FrameSource,
+    embedder: EmbedderLike,
+    gallery: Gallery,
+    config: Config,
+    views: int | None = None,
+    code: str | None = None,
+    append: bool = False,
+    ask: Callable[[str], str] = input,
+    say: Callable[[str], None] = print,
+    should_stop: Callable[[], bool] = lambda: False,
+    max_refusals: int = 5,
+) -> int:
+    """Guide a person through `views` captures and store the product; its id.
+
+    `ask` shows a prompt and waits for Enter ("q" aborts); `say` shows progress. Raises
+    EnrollAborted (nothing stored) on "q", closed input, a stop request or the end of the source."""
+    name = name.strip()
+    if not name:
+        raise ValueError("a product needs a name")
+    if gallery.product(name) is not None and not append:
+        raise ValueError(
+            f"a product named {name!r} already exists: choose another name, add views with "
+            "--append, or `products delete` it first"
+        )
+    n_views = views or config.enroll.views
+    cap = ViewCapturer(source, config, should_stop=should_stop)
+
+    def wait_enter(prompt: str) -> None:
+        try:
+            answer = ask(f"{prompt}, then press Enter (q to quit): ")
+        except EOFError as exc:
+            raise EnrollAborted("input closed") from exc
+        if answer.strip().lower() in ("q", "quit"):
+            raise EnrollAborted("quit")
+
+    wait_enter("Clear the area in front of the camera (nothing there)")
+    say("Learning the empty scene...")
+    cap.learn_background()
+
+    taken: list[CapturedView] = []
+    refusals = 0
+    while len(taken) < n_views:
+        i = len(taken)
+        prompt = PROMPTS[i] if i < len(PROMPTS) else "Show another side of the product"
+        wait_enter(f"[{i + 1}/{n_views}] {prompt}")
+        try:
+            frame, det, crop = cap.capture(config.enroll.timeout_s)
+        except (TimeoutError, CameraError) as exc:
+            say(f"  {exc}; let us try that view again")
+            continue
+        emb = np.asarray(embedder.embed(crop), dtype=np.float32)
+        if taken:
+            sims = np.stack([v.embedding for v in taken]) @ emb
+            j = int(np.argmax(sims))
+            if sims[j] > config.enroll.duplicate_cosine:
+                refusals += 1
+                say(
+                    f"  refused: this view looks the same as view {j + 1} (similarity "
+                    f"{sims[j]:.3f} > {config.enroll.duplicate_cosine}); turn the product further"
+                )
+                if refusals >= max_refusals:
+                    raise EnrollAborted(f"{refusals} views refused as duplicates")
+                continue
+        _, crop_box = object_crop(frame, det.box, config.detector.pad)
+        taken.append(CapturedView(crop, det.box, crop_box, emb))
+        say(f"  view {len(taken)}/{n_views} taken (box {list(det.box)})")
+
+    pid = gallery.add_product(
+        name,
+        [(v.embedding, v.crop) for v in taken],
+        embedder.model_id,
+        code=code,
+        append=append,
+        crop_size=config.gallery.crop_size,
+    )
+    say(f"Stored {name!r} with {len(taken)} views.")
+    return pid
+
+
+@dataclass(frozen=True)
+class PhotoEnrollResult:
+    name: str
+    views: int
+    skipped: list[str]  # "path: reason"
+
+
+def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path]]]:
+    """(product, photos): the folder's images as one product, or one product per sub-folder."""
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise ValueError(f"{folder} is not a folder of product photos")
+    direct = list_images(folder)
+    if direct:
+        return [(name or folder.name, direct)]
+    subs = [(sub.name, list_images(sub)) for sub in sorted(folder.iterdir()) if sub.is_dir()]
+    subs = [(n, paths) for n, paths in subs if paths]
+    if not subs:
+        raise ValueError(f"{folder} holds no images (expected DIR/*.jpg or DIR/<product>/*.jpg)")
+    if name is not None:
+        raise ValueError(
+            f"{folder} holds one sub-folder per product ({len(subs)}); they are named after the "
+            "sub-folders, so leave out the product name"
+        )
+    return subs
+
+
+def enroll_from_images(
+    folder: str | Path,
+    *,
+    embedder: EmbedderLike,
+    gallery: Gallery,
+    config: Config,
+    name: str | None = None,
+    code: str | None = None,
+    append: bool = False,
+    say: Callable[[str], None] = print,
+) -> list[PhotoEnrollResult]:
+    """Add products from photos (each photo is the crop); each product stored in one transaction."""
+    results = []
+    plan = product_folders(Path(folder), name)
+    if not append:
+        clash = [n for n, _ in plan if gallery.product(n) is not None]
+        if clash:
+            raise ValueError(
+                f"product(s) {clash} already exist: use --append to add views, or delete them"
+            )
+    for product, paths in plan:
+        views: list[tuple[np.ndarray, np.ndarray]] = []
+        skipped: list[str] = []
+        for path in paths:
+            try:
+                image = load_image(path)
+            except ValueError as exc:
+                skipped.append(f"{path}: {exc}")
+                continue
+            emb = np.asarray(embedder.embed(image), dtype=np.float32)
+            if views:
+                sims = np.stack([v[0] for v in views]) @ emb
+                if float(sims.max()) > config.enroll.duplicate_cosine:
+                    skipped.append(
+                        f"{path}: near-duplicate of another photo ({float(sims.max()):.3f})"
+                    )
+                    continue
+            views.append((emb, image))
+        for line in skipped:
+            logger.warning("skipped %s", line)
+        if not views:
+            raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
+        gallery.add_product(
+            product,
+            views,
+            embedder.model_id,
+            code=code,
+            append=append,
+            crop_size=config.gallery.crop_size,
+        )
+        say(
+            f"Stored {product!r} with {len(views)} views"
+            + (f" ({len(skipped)} skipped)" if skipped else "")
+        )
+        results.append(PhotoEnrollResult(product, len(views), skipped))
+    return results

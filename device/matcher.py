@@ -1,0 +1,116 @@
+"""Matching an embedding against the stored product views: cosine similarity, best view per product.
+
+The views are L2-normalised once and sorted by product, so a query is one matrix-vector product
+followed by `np.maximum.reduceat` (the best view of each product) and a top-2 selection: ~0.2 ms for
+10,000 views of 128 dimensions.
+
+    "known"      best product's score >= threshold and ahead of the runner-up by >= the margin
+    "ambiguous"  above the threshold but the best two products are closer than the margin
+    "unknown"    best score below the threshold (or no products at all)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+KNOWN, UNKNOWN, AMBIGUOUS = "known", "unknown", "ambiguous"
+
+
+@dataclass(frozen=True)
+class Match:
+    label: str | None  # the recognised product; None when unknown or ambiguous
+    status: str  # "known" | "unknown" | "ambiguous"
+    score: float  # cosine similarity of the best product (its best view)
+    best_label: str  # the best product even when rejected ("" when there are no products)
+    runner_up: str | None
+    runner_up_score: float | None
+
+
+def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
+    x = np.asarray(x, dtype=np.float32)
+    norm = np.linalg.norm(x, axis=axis, keepdims=True)
+    return x / np.maximum(norm, np.float32(1e-12))
+
+
+class Matcher:
+    def __init__(
+        self,
+        embeddings: np.ndarray,
+        labels: Sequence[str],
+        *,
+        threshold: float,
+        ambiguity_margin: float = 0.0,
+    ) -> None:
+        emb = np.asarray(embeddings, dtype=np.float32)
+        if emb.ndim != 2:
+            raise ValueError(f"embeddings must be (N, D), got shape {emb.shape}")
+        if len(labels) != emb.shape[0]:
+            raise ValueError(f"{emb.shape[0]} embeddings but {len(labels)} labels")
+        if not -1.0 <= threshold <= 1.0:
+            raise ValueError(f"threshold is a cosine similarity in [-1, 1], got {threshold}")
+        if ambiguity_margin < 0:
+            raise ValueError(f"ambiguity_margin must be >= 0, got {ambiguity_margin}")
+        self.threshold = float(threshold)
+        self.ambiguity_margin = float(ambiguity_margin)
+        self.dim = emb.shape[1]
+        # Products in first-seen order; views grouped by product (stable sort keeps view order).
+        order: dict[str, int] = {}
+        codes = np.fromiter(
+            (order.setdefault(lb, len(order)) for lb in labels), dtype=np.int64, count=len(labels)
+        )
+        self.products: list[str] = list(order)
+        perm = np.argsort(codes, kind="stable")
+        self._emb = np.ascontiguousarray(l2_normalize(emb[perm])) if len(perm) else emb
+        sorted_codes = codes[perm]
+        self._starts = (
+            np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
+            if len(perm)
+            else np.zeros(0, np.int64)
+        )
+
+    @property
+    def n_views(self) -> int:
+        return int(self._emb.shape[0])
+
+    def __len__(self) -> int:
+        return len(self.products)
+
+    def product_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
+        """(products, (Q, P) best-view cosine similarity of each query to each product)."""
+        q = l2_normalize(np.atleast_2d(queries))
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query has {q.shape[1]} dimensions, the stored views {self.dim}")
+        if not self.products:
+            return [], np.zeros((q.shape[0], 0), dtype=np.float32)
+        sims = q @ self._emb.T
+        return list(self.products), np.maximum.reduceat(sims, self._starts, axis=1)
+
+    def match(self, query: np.ndarray) -> Match:
+        query = np.asarray(query, dtype=np.float32).reshape(-1)
+        if query.shape[0] != self.dim:
+            raise ValueError(f"query has {query.shape[0]} dimensions, the stored views {self.dim}")
+        if not self.products:
+            return Match(None, UNKNOWN, -1.0, "", None, None)
+        q = l2_normalize(query)
+        per_product = np.maximum.reduceat(self._emb @ q, self._starts)
+        if per_product.shape[0] == 1:
+            best, second = 0, -1
+        else:
+            top2 = np.argpartition(per_product, -2)[-2:]
+            best, second = (
+                (top2[1], top2[0])
+                if per_product[top2[1]] >= per_product[top2[0]]
+                else (top2[0], top2[1])
+            )
+        score = float(per_product[best])
+        best_label = self.products[best]
+        runner_up = self.products[second] if second >= 0 else None
+        runner_score = float(per_product[second]) if second >= 0 else None
+        if score < self.threshold:
+            return Match(None, UNKNOWN, score, best_label, runner_up, runner_score)
+        if runner_score is not None and score - runner_score < self.ambiguity_margin:
+            return Match(None, AMBIGUOUS, score, best_label, runner_up, runner_score)
+        return Match(best_label, KNOWN, score, best_label, runner_up, runner_score)

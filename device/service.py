@@ -1,0 +1,329 @@
+"""The live loop: frame -> background subtraction -> placement -> (once per placement) crop, embed,
+match -> one JSON line on stdout and a row in the events table.
+
+A frame with nothing new costs only the detection on a small copy of the frame; inference runs once
+per placement. A failing camera is closed and reopened with exponential back-off (capped), and the
+loop carries on when frames come back. Products added by another process (enrollment) are noticed
+every `reload_every_s` seconds and before each recognition, without a restart.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import os
+import re
+import sys
+import time
+from collections import deque
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any, TextIO
+
+import numpy as np
+
+from .background import BackgroundDetector, Detection
+from .camera import FrameSource
+from .config import Config
+from .crop import object_crop
+from .errors import CameraError
+from .gallery import EmbedderLike, Gallery, utc_now
+from .matcher import KNOWN, Match, Matcher
+from .placement import Action, PlacementTracker
+
+logger = logging.getLogger(__name__)
+
+
+class NullNotifier:
+    """Stands in for device.sdnotify.Notifier when systemd is not involved."""
+
+    def ready(self, status: str | None = None) -> bool:
+        return False
+
+    def watchdog(self, *, force: bool = False) -> bool:
+        return False
+
+    def status(self, text: str) -> bool:
+        return False
+
+    def stopping(self, status: str | None = None) -> bool:
+        return False
+
+    def extend_timeout(self, seconds: float) -> bool:
+        return False
+
+
+def make_notifier() -> Any:
+    try:
+        from .sdnotify import Notifier
+    except ImportError:  # the systemd protocol module is optional outside the service
+        return NullNotifier()
+    return Notifier()
+
+
+def bundle_threshold(embedder: EmbedderLike) -> float | None:
+    meta = getattr(embedder, "meta", None)
+    return getattr(meta, "threshold", None)
+
+
+class Recognizer:
+    """The embedder and a matcher over the gallery's views, reloaded when the gallery changes."""
+
+    def __init__(
+        self,
+        embedder: EmbedderLike,
+        gallery: Gallery,
+        config: Config,
+        *,
+        notifier: Any = None,
+    ) -> None:
+        self.embedder = embedder
+        self.gallery = gallery
+        self.config = config
+        self.notifier = notifier or NullNotifier()
+        threshold = config.matcher.threshold
+        if threshold is None:
+            threshold = bundle_threshold(embedder)
+        if threshold is None:
+            raise ValueError(
+                "the model bundle has no calibrated threshold (model.json threshold is null): "
+                "run `python -m training calibrate` before converting, or set [matcher] threshold"
+            )
+        self.threshold = float(threshold)
+        self.matcher = Matcher(
+            np.zeros((0, 1), np.float32),
+            [],
+            threshold=self.threshold,
+            ambiguity_margin=config.matcher.ambiguity_margin,
+        )
+        self.refresh(force=True)
+
+    def refresh(self, force: bool = False) -> bool:
+        """Reload the views if the gallery changed (re-embedding views of an older model); True
+        when a reload happened."""
+        if not self.gallery.changed() and not force:
+            return False
+        stale = self.gallery.stale_views(self.embedder.model_id)
+        if stale:
+            self.notifier.extend_timeout(30 + stale * 0.05)
+            self.gallery.reembed(self.embedder)
+            self.gallery.changed()  # our own re-embedding is not news
+        emb, labels = self.gallery.load(self.embedder.model_id)
+        if not labels:
+            emb = np.zeros((0, 1), np.float32)
+        self.matcher = Matcher(
+            emb,
+            labels,
+            threshold=self.threshold,
+            ambiguity_margin=self.config.matcher.ambiguity_margin,
+        )
+        logger.info("%d products (%d views) loaded", len(self.matcher), self.matcher.n_views)
+        return True
+
+    def match(self, crop: np.ndarray) -> Match:
+        emb = self.embedder.embed(crop)
+        if len(self.matcher) == 0:
+            return Match(None, "unknown", -1.0, "", None, None)
+        return self.matcher.match(emb)
+
+
+@dataclass
+class RunStats:
+    frames: int = 0
+    n_events: int = 0
+    # The most recent events (bounded: the service runs for months; the table keeps the history).
+    events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
+    camera_errors: int = 0
+    recoveries: int = 0
+    reloads: int = 0
+    errors: int = 0
+
+
+def _safe_name(text: str) -> str:
+    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "unknown"
+
+
+class Service:
+    """One run of the live loop (see `run`)."""
+
+    def __init__(
+        self,
+        config: Config,
+        *,
+        source_factory: Callable[[], FrameSource],
+        embedder: EmbedderLike,
+        gallery: Gallery,
+        out: TextIO | None = None,
+        notifier: Any = None,
+        should_stop: Callable[[], bool] = lambda: False,
+        retry: bool = True,
+        sleep: Callable[[float], None] = time.sleep,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
+        self.config = config
+        self.retry = retry  # False for files and folders: a failure there is final
+        self.source_factory = source_factory
+        self.embedder = embedder
+        self.gallery = gallery
+        self.out = out if out is not None else sys.stdout
+        self.notifier = notifier or NullNotifier()
+        self.should_stop = should_stop
+        self.sleep = sleep
+        self.clock = clock
+        self.detector = BackgroundDetector(config.detector, config.camera.roi)
+        self.tracker = PlacementTracker(config.placement)
+        self.recognizer = Recognizer(embedder, gallery, config, notifier=self.notifier)
+        self.stats = RunStats()
+        self._busy = 0  # consecutive frames with the scene not empty
+        self.save_dir = Path(config.service.save_crops) if config.service.save_crops else None
+        if self.save_dir is not None:
+            self.save_dir.mkdir(parents=True, exist_ok=True)
+
+    # --- the loop ------------------------------------------------------------------------------
+
+    def run(self, max_frames: int | None = None) -> RunStats:
+        cfg = self.config.service
+        backoff = cfg.retry_initial_s
+        source: FrameSource | None = None
+        failing = False
+        next_reload = self.clock() + self.config.gallery.reload_every_s
+        self.notifier.ready(f"watching; {len(self.recognizer.matcher)} products")
+        try:
+            while not self.should_stop():
+                self.notifier.watchdog()
+                if source is None:
+                    try:
+                        source = self.source_factory()
+                    except CameraError as exc:
+                        self._camera_failed(exc, failing)
+                        failing = True
+                        self._wait(backoff)
+                        backoff = min(backoff * 2, cfg.retry_max_s)
+                        continue
+                t0 = time.perf_counter()
+                try:
+                    frame = source.read()
+                except CameraError as exc:
+                    self._camera_failed(exc, failing)
+                    failing = True
+                    source.close()
+                    source = None
+                    # The view may have moved or its exposure changed: learn the scene again.
+                    self.detector.reset()
+                    self.tracker.reset()
+                    self._wait(backoff)
+                    backoff = min(backoff * 2, cfg.retry_max_s)
+                    continue
+                if frame is None:
+                    logger.info("the video source ended after %d frames", self.stats.frames)
+                    break
+                if failing:
+                    failing = False
+                    self.stats.recoveries += 1
+                    logger.warning("the camera is back; recognising again")
+                    self.notifier.status(f"watching; {len(self.recognizer.matcher)} products")
+                backoff = cfg.retry_initial_s
+                self.stats.frames += 1
+                try:
+                    self._process(frame, t0)
+                    if self.clock() >= next_reload:
+                        next_reload = self.clock() + self.config.gallery.reload_every_s
+                        if self.recognizer.refresh():
+                            self.stats.reloads += 1
+                    self.stats.errors = 0
+                except Exception:  # the service loop is where broad failures are caught
+                    self.stats.errors += 1
+                    logger.exception("error while processing frame %d", self.stats.frames)
+                    if self.stats.errors >= 50:
+                        raise
+                if max_frames is not None and self.stats.frames >= max_frames:
+                    break
+        finally:
+            if source is not None:
+                source.close()
+            self.notifier.stopping(f"stopped after {self.stats.frames} frames")
+        return self.stats
+
+    def _camera_failed(self, exc: CameraError, already: bool) -> None:
+        self.stats.camera_errors += 1
+        if not self.retry:
+            raise exc
+        if already:
+            logger.debug("camera still failing: %s", exc)
+        else:
+            logger.error("camera failure: %s; retrying with back-off", exc)
+            self.notifier.status(f"camera failing: {exc}")
+
+    def _wait(self, seconds: float) -> None:
+        """Sleep in short slices so a stop request and the watchdog are served meanwhile."""
+        end = self.clock() + seconds
+        while not self.should_stop():
+            left = end - self.clock()
+            if left <= 0:
+                return
+            self.notifier.watchdog()
+            self.sleep(min(left, 0.5))
+
+    def _process(self, frame: np.ndarray, t0: float) -> None:
+        det = self.detector.detect(frame)
+        action = self.tracker.update(det)
+        if det is None and self.tracker.is_empty:
+            self.detector.adapt()
+            self._busy = 0
+        elif self.detector.ready:
+            self._busy += 1
+            limit = self.config.placement.relearn_after_frames
+            if limit and self._busy >= limit:
+                logger.warning(
+                    "the scene has not been empty for %d frames: taking the current view as the "
+                    "empty background",
+                    self._busy,
+                )
+                self.detector.reset()
+                self.tracker.reset()
+                self._busy = 0
+        if action is Action.RECOGNISE and det is not None:
+            self._recognise(frame, det, t0)
+
+    def _recognise(self, frame: np.ndarray, det: Detection, t0: float) -> None:
+        if self.recognizer.refresh():
+            self.stats.reloads += 1
+        crop, crop_box = object_crop(frame, det.box, self.config.detector.pad)
+        m = self.recognizer.match(crop)
+        latency_ms = (time.perf_counter() - t0) * 1000.0
+        event: dict[str, Any] = {
+            "time": utc_now(),
+            "label": m.label if m.status == KNOWN else "unknown",
+            "status": m.status,
+            "score": round(m.score, 4),
+            "best": m.best_label or None,
+            "runner_up": m.runner_up,
+            "runner_up_score": None if m.runner_up_score is None else round(m.runner_up_score, 4),
+            "box": list(det.box),
+            "crop_box": list(crop_box),
+            "latency_ms": round(latency_ms, 2),
+            "frame": self.stats.frames,
+            "model_id": self.embedder.model_id,
+        }
+        if self.save_dir is not None:
+            import cv2
+
+            stamp = event["time"].replace(":", "").replace("-", "")
+            name = f"{stamp}_{self.stats.frames:07d}_{_safe_name(event['label'])}.jpg"
+            path = self.save_dir / name
+            if cv2.imwrite(str(path), crop):
+                event["crop_file"] = str(path)
+            else:
+                logger.warning("could not save the crop to %s", path)
+        try:
+            self.out.write(json.dumps(event) + "\n")
+            self.out.flush()
+        except BrokenPipeError:  # e.g. `... | head`: keep recognising, into the database only
+            logger.warning("stdout is closed: events now go to the events table only")
+            self.out = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the service
+        self.stats.events.append(event)
+        self.stats.n_events += 1
+        self.gallery.log_event(event)
+        self.notifier.status(f"last: {event['label']} ({m.score:.2f})")
+        logger.info("%s (%s, %.3f) in %.1f ms", event["label"], m.status, m.score, latency_ms)

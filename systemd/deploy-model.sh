@@ -1,0 +1,68 @@
+#!/usr/bin/env bash
+# Deploy a new model bundle (made by `python -m convert`) to an installed prodrec device.
+# The previous model is kept as /var/lib/prodrec/model.previous (roll back by deploying it).
+# Products survive: on start the service re-embeds every stored view from its stored crop with
+# the new model (a few ms per view).
+#
+# Usage: sudo /opt/prodrec/app/systemd/deploy-model.sh BUNDLE_DIR [--root DIR] [--no-restart]
+#   --root DIR      a root made by install.sh --root (tests); systemctl is printed, not run
+#   --no-restart    swap the files only
+set -euo pipefail
+
+NAME=prodrec
+ROOT=""
+RESTART=1
+BUNDLE=""
+die() { echo "deploy-model.sh: error: $*" >&2; exit 1; }
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift ;;
+    --no-restart) RESTART=0 ;;
+    -h|--help) sed -n '2,/^set -euo/p' "$0" | sed '$d; s/^# \{0,1\}//'; exit 0 ;;
+    -*) die "unknown option '$1' (see --help)" ;;
+    *) [ -z "$BUNDLE" ] || die "one bundle directory only"; BUNDLE=$1 ;;
+  esac
+  shift
+done
+[ -n "$BUNDLE" ] || die "usage: deploy-model.sh BUNDLE_DIR (a folder with model.tflite and model.json)"
+[ -z "$ROOT" ] && [ "$(id -u)" != 0 ] && die "run as root (sudo)"
+
+STATE="$ROOT/var/lib/$NAME"
+[ -d "$STATE" ] || die "$STATE does not exist: install prodrec first (systemd/install.sh)"
+# Check the bundle with the device's own reader: both files present, model.json valid, and the
+# .tflite the one model.json describes (sha256). Only the standard library is needed for that.
+CODE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+PYTHONPATH="$CODE" "${PYTHON:-python3}" - "$BUNDLE" <<'EOF' || die "not deploying $BUNDLE"
+import sys
+from device.bundle import read_bundle_meta
+from device.errors import BundleError
+try:
+    meta = read_bundle_meta(sys.argv[1])
+except BundleError as exc:
+    sys.exit(f"deploy-model.sh: {exc}")
+print(f"bundle {meta.name}: {meta.input.height}x{meta.input.width} {meta.input.dtype}, "
+      f"{meta.output.embedding_dim}-d, threshold {meta.threshold}, model id {meta.model_id[:12]}")
+EOF
+
+run() { echo "+ $*"; "$@"; }
+sys() {
+  if [ -n "$ROOT" ]; then echo "+ $*    [skipped: --root]"; else echo "+ $*"; "$@"; fi
+}
+meta_file=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$BUNDLE/model.json" | head -1)
+meta_file=${meta_file:-model.tflite}
+run rm -rf "$STATE/model.new"
+run mkdir -p "$STATE/model.new"
+run cp "$BUNDLE/model.json" "$BUNDLE/$meta_file" "$STATE/model.new/"
+sys chown -R "$NAME:$NAME" "$STATE/model.new"
+[ "$RESTART" = 0 ] || sys systemctl stop "$NAME.service"
+if [ -d "$STATE/model" ]; then
+  run rm -rf "$STATE/model.previous"
+  run mv "$STATE/model" "$STATE/model.previous"
+fi
+run mv "$STATE/model.new" "$STATE/model"
+if [ "$RESTART" = 1 ]; then
+  sys systemctl start "$NAME.service"
+  echo "deployed; the service re-embeds the stored products on start: journalctl -u $NAME -f"
+else
+  echo "deployed; restart the service to use it: sudo systemctl restart $NAME"
+fi

@@ -1,0 +1,251 @@
+#!/usr/bin/env bash
+# Install (or upgrade) prodrec as a systemd service on 64-bit Raspberry Pi OS (Bookworm or Trixie).
+# Idempotent: run it again after `git pull` to upgrade the code; it never overwrites
+# /etc/prodrec/config.toml or the product database, and installs the default model only if none is
+# installed yet.
+#
+# Usage: sudo systemd/install.sh [options]
+#   --dry-run          print every action, change nothing (no root needed)
+#   --root DIR         install the files into DIR (a staging or test root) instead of /; system
+#                      commands (apt-get, useradd, venv, pip, systemctl) are printed, not run
+#   --model DIR        model bundle to install when none is installed (default: models/default)
+#   --no-apt           skip apt-get (packages already installed)
+#   --no-start         enable the service but do not (re)start it
+#   -h, --help
+#
+# What it does, in order:
+#   1. apt packages: python3-picamera2 (libcamera; built against apt's python3-numpy),
+#      python3-numpy, python3-venv, python3-pip, libcap-dev
+#   2. the service user `prodrec` (group prodrec, member of `video` for the camera)
+#   3. /opt/prodrec/venv with --system-site-packages (so picamera2 and apt's numpy are visible),
+#      pip requirements from systemd/requirements-pi.txt constrained to apt's numpy version
+#   4. the code in /opt/prodrec/app (device/ and the docs; replaced whole on upgrade) and the
+#      command /usr/local/bin/prodrec (= python -m device, run as the service user)
+#   5. /etc/prodrec/config.toml if absent (always refreshes config.toml.default beside it)
+#   6. the model bundle in /var/lib/prodrec/model if absent
+#   7. the unit /etc/systemd/system/prodrec.service (+ restart back-off drop-in on systemd >= 254),
+#      daemon-reload, enable, (re)start
+set -euo pipefail
+
+NAME=prodrec
+SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+DRY_RUN=0
+ROOT=""
+MODEL_SRC="$SRC/models/default"
+DO_APT=1
+DO_START=1
+
+die() { echo "install.sh: error: $*" >&2; exit 1; }
+usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
+
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --dry-run) DRY_RUN=1 ;;
+    --root) [ $# -ge 2 ] || die "--root needs a directory"; ROOT=$2; shift ;;
+    --root=*) ROOT=${1#--root=} ;;
+    --model) [ $# -ge 2 ] || die "--model needs a directory"; MODEL_SRC=$2; shift ;;
+    --model=*) MODEL_SRC=${1#--model=} ;;
+    --no-apt) DO_APT=0 ;;
+    --no-start) DO_START=0 ;;
+    -h|--help) usage; exit 0 ;;
+    *) die "unknown option '$1' (see --help)" ;;
+  esac
+  shift
+done
+
+if [ -n "$ROOT" ]; then
+  [ "$DRY_RUN" = 1 ] || mkdir -p "$ROOT" || die "cannot create --root $ROOT"
+  ROOT=$(cd "$ROOT" 2>/dev/null && pwd || echo "$ROOT")
+fi
+
+# Target paths (inside ROOT when given).
+OPT="$ROOT/opt/$NAME"
+APP="$OPT/app"
+VENV="$OPT/venv"
+ETC="$ROOT/etc/$NAME"
+STATE="$ROOT/var/lib/$NAME"
+UNIT_DIR="$ROOT/etc/systemd/system"
+
+# --- how actions are carried out -----------------------------------------------------------------
+# `act` changes files under the target root: printed, and run unless --dry-run.
+# `sys` changes the running system (packages, users, services): printed, and run only when
+# installing into the real root (no --dry-run, no --root).
+show() { local q; q=$(printf '%q ' "$@"); echo "+ ${q% }"; }
+act() {
+  show "$@"
+  [ "$DRY_RUN" = 1 ] || "$@"
+}
+sys() {
+  if [ "$DRY_RUN" = 1 ]; then
+    show "$@"
+  elif [ -n "$ROOT" ]; then
+    echo "$(show "$@")    [skipped: --root]"
+  else
+    show "$@"
+    "$@"
+  fi
+}
+note() { echo "== $*"; }
+live() { [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ]; }
+
+# --- checks --------------------------------------------------------------------------------------
+[ -d "$SRC/device" ] || die "run this script from a prodrec checkout (no device/ in $SRC)"
+[ -f "$SRC/device/default_config.toml" ] || die "$SRC/device/default_config.toml is missing"
+if live; then
+  [ "$(id -u)" = 0 ] || die "run as root: sudo $0 (or --dry-run to see what it would do)"
+  arch=$(uname -m)
+  [ "$arch" = aarch64 ] || die "64-bit Raspberry Pi OS (aarch64) is required, this is $arch: \
+the LiteRT runtime has no 32-bit ARM wheels"
+  codename=$(. /etc/os-release 2>/dev/null && echo "${VERSION_CODENAME:-}")
+  case "$codename" in
+    bookworm|trixie) ;;
+    *) echo "install.sh: warning: tested on Raspberry Pi OS Bookworm and Trixie, this is" \
+         "'${codename:-unknown}'; continuing" >&2 ;;
+  esac
+fi
+note "installing $NAME from $SRC${ROOT:+ into root $ROOT}$([ "$DRY_RUN" = 1 ] && echo ' (dry run)')"
+
+# --- 1. packages ---------------------------------------------------------------------------------
+APT_PACKAGES=(python3 python3-venv python3-pip python3-numpy python3-picamera2 libcap-dev)
+if [ "$DO_APT" = 1 ]; then
+  note "apt packages"
+  sys apt-get update
+  # --no-install-recommends: picamera2 recommends the Qt/OpenGL preview stack, useless headless.
+  sys env DEBIAN_FRONTEND=noninteractive apt-get install -y --no-install-recommends "${APT_PACKAGES[@]}"
+fi
+
+# --- 2. service user -----------------------------------------------------------------------------
+note "service user $NAME (groups: $NAME, video)"
+if live && getent passwd "$NAME" >/dev/null; then
+  echo "   user $NAME exists"
+  sys usermod -a -G video "$NAME"
+else
+  getent group video >/dev/null 2>&1 || ! live || sys groupadd --system video
+  sys useradd --system --user-group --groups video --home-dir "/var/lib/$NAME" \
+    --no-create-home --shell /usr/sbin/nologin --comment "prodrec service" "$NAME"
+fi
+
+# --- 3. venv and pip requirements ----------------------------------------------------------------
+note "virtual environment $VENV (--system-site-packages: picamera2 and numpy come from apt)"
+if [ -x "$VENV/bin/python" ] && ! grep -qi '^include-system-site-packages *= *true' "$VENV/pyvenv.cfg"; then
+  echo "   $VENV was made without --system-site-packages (picamera2 would be missing): recreating"
+  sys rm -rf "$VENV"
+fi
+if live && [ -x "$VENV/bin/python" ]; then
+  echo "   $VENV exists"
+else
+  sys python3 -m venv --system-site-packages "$VENV"
+fi
+# Pin numpy to apt's: picamera2 (and simplejpeg) from apt are compiled against it, and a pip numpy
+# in the venv would shadow it ("numpy.dtype size changed" / "compiled against ABI version").
+CONSTRAINTS="$OPT/constraints.txt"
+if live; then
+  apt_numpy=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)') \
+    || die "apt's python3-numpy does not import; reinstall it: apt-get install --reinstall python3-numpy"
+  echo "   apt's numpy: $apt_numpy"
+  printf '# written by install.sh: the numpy apt installed, which picamera2 is built against\nnumpy==%s\n' \
+    "$apt_numpy" > "$CONSTRAINTS"
+else
+  echo "+ write $CONSTRAINTS: numpy==<version of apt's python3-numpy>"
+fi
+sys "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade \
+  -r "$SRC/systemd/requirements-pi.txt" -c "$CONSTRAINTS"
+if live; then
+  # Fail now, with the cause, rather than in the service's first start.
+  "$VENV/bin/python" - <<'EOF' || die "the venv cannot import what the service needs (see above)"
+import numpy, cv2, sys
+print(f"   numpy {numpy.__version__} from {numpy.__file__}")
+print(f"   opencv {cv2.__version__}")
+if "/usr/lib/python3/dist-packages" not in numpy.__file__:
+    sys.exit("numpy in the venv shadows apt's numpy: picamera2 will break; "
+             "`/opt/prodrec/venv/bin/pip uninstall numpy`")
+import picamera2  # noqa: F401
+from ai_edge_litert.interpreter import Interpreter  # noqa: F401
+print("   picamera2 and ai_edge_litert import")
+EOF
+fi
+
+# --- 4. code -------------------------------------------------------------------------------------
+note "code -> $APP"
+act mkdir -p "$OPT"
+act rm -rf "$APP.new"
+act mkdir -p "$APP.new"
+act cp -R "$SRC/device" "$APP.new/device"
+act rm -rf "$APP.new/device/__pycache__"
+for f in README.md LICENSE requirements.txt; do
+  [ ! -f "$SRC/$f" ] || act cp "$SRC/$f" "$APP.new/$f"
+done
+[ ! -d "$SRC/docs" ] || act cp -R "$SRC/docs" "$APP.new/docs"
+act cp -R "$SRC/systemd" "$APP.new/systemd"
+# Swap in whole: a half-copied tree is never the running code.
+act rm -rf "$APP.old"
+if [ -d "$APP" ] || [ "$DRY_RUN" = 1 ]; then act mv "$APP" "$APP.old"; fi
+act mv "$APP.new" "$APP"
+act rm -rf "$APP.old"
+sys "$VENV/bin/python" -m compileall -q "$APP/device"
+act mkdir -p "$ROOT/usr/local/bin"
+act install -m 0755 "$SRC/systemd/prodrec-cli.sh" "$ROOT/usr/local/bin/$NAME"
+
+# --- 5. configuration ----------------------------------------------------------------------------
+note "configuration $ETC/config.toml"
+act mkdir -p "$ETC"
+act install -m 0644 "$SRC/device/default_config.toml" "$ETC/config.toml.default"
+if [ -e "$ETC/config.toml" ]; then
+  echo "   keeping the existing $ETC/config.toml (compare with config.toml.default after upgrades)"
+else
+  act install -m 0640 "$SRC/device/default_config.toml" "$ETC/config.toml"
+  sys chgrp "$NAME" "$ETC/config.toml"
+fi
+
+# --- 6. state: model bundle (the product database is created by the service) ---------------------
+note "state $STATE"
+act mkdir -p "$STATE"
+if [ -e "$STATE/model/model.json" ]; then
+  echo "   keeping the installed model $STATE/model (see README: deploying a new model)"
+elif [ -f "$MODEL_SRC/model.json" ] && [ -f "$MODEL_SRC/model.tflite" ]; then
+  act rm -rf "$STATE/model.new"
+  act mkdir -p "$STATE/model.new"
+  act cp "$MODEL_SRC/model.json" "$MODEL_SRC/model.tflite" "$STATE/model.new/"
+  act mv "$STATE/model.new" "$STATE/model"
+else
+  echo "install.sh: warning: no model bundle at $MODEL_SRC (model.tflite + model.json);" \
+    "copy one to $STATE/model before starting the service" >&2
+fi
+sys chown -R "$NAME:$NAME" "$STATE"
+sys chmod 0750 "$STATE"
+
+# --- 7. systemd unit -----------------------------------------------------------------------------
+note "systemd unit $UNIT_DIR/$NAME.service"
+act mkdir -p "$UNIT_DIR"
+act install -m 0644 "$SRC/systemd/$NAME.service" "$UNIT_DIR/$NAME.service"
+# RestartSteps/RestartMaxDelaySec (growing restart delays) exist from systemd 254 (Trixie);
+# Bookworm's 252 would log "Unknown key" for them.
+systemd_version=${SYSTEMD_VERSION:-$(systemctl --version 2>/dev/null | awk 'NR==1 {print $2}' || true)}
+systemd_version=${systemd_version%%[!0-9]*}
+DROPIN_DIR="$UNIT_DIR/$NAME.service.d"
+if [ -n "$systemd_version" ] && [ "$systemd_version" -ge 254 ]; then
+  echo "   systemd $systemd_version: restart delays grow up to 60 s (restart-backoff.conf)"
+  act mkdir -p "$DROPIN_DIR"
+  act install -m 0644 "$SRC/systemd/restart-backoff.conf" "$DROPIN_DIR/restart-backoff.conf"
+else
+  echo "   systemd ${systemd_version:-unknown} < 254: fixed 5 s restart delay"
+  [ ! -e "$DROPIN_DIR/restart-backoff.conf" ] || act rm -f "$DROPIN_DIR/restart-backoff.conf"
+fi
+sys systemctl daemon-reload
+sys systemctl enable "$NAME.service"
+if [ "$DO_START" = 1 ]; then
+  # restart, not start: an upgrade must run the new code.
+  sys systemctl restart "$NAME.service"
+fi
+
+note "done"
+cat <<EOF
+   status:   systemctl status $NAME
+   log:      journalctl -u $NAME -f      (recognition events are the JSON lines)
+   config:   /etc/$NAME/config.toml      then: sudo systemctl restart $NAME
+   products: sudo $NAME products list --config /etc/$NAME/config.toml
+   enroll:   sudo systemctl stop $NAME     (it holds the camera)
+             sudo $NAME enroll "Product name" --config /etc/$NAME/config.toml
+             sudo systemctl start $NAME
+   remove:   sudo /opt/$NAME/app/systemd/uninstall.sh   (keeps /var/lib/$NAME unless --purge)
+EOF

@@ -1,0 +1,9 @@
+#!/bin/sh
+# `prodrec ...` on an installed device = `python -m device ...` with the installed code and venv,
+# run as the service user so the product database stays owned by it. Installed by install.sh as
+# /usr/local/bin/prodrec. Example:  sudo prodrec products list --config /etc/prodrec/config.toml
+set -e
+if [ "$(id -u)" = 0 ]; then
+  exec runuser -u prodrec -- "$0" "$@"
+fi
+PYTHONPATH=/opt/prodrec/app${PYTHONPATH:+:$PYTHONPATH} exec /opt/prodrec/venv/bin/python -m device "$@"

@@ -1,0 +1,231 @@
+"""`python -m device ...`: in-process with the stand-in embedder, and as subprocesses for signals."""
+
+from __future__ import annotations
+
+import json
+import os
+import queue
+import signal
+import subprocess
+import sys
+import threading
+import time
+from pathlib import Path
+
+import pytest
+
+from device import cli
+from device.gallery import Gallery
+from device.synthetic import Placement, SyntheticScene, SyntheticSource, write_frames
+
+from .conftest import FIXTURE
+from .fakes import FakeEmbedder
+
+ROOT = Path(__file__).resolve().parents[2]
+
+
+@pytest.fixture
+def fake_model(monkeypatch: pytest.MonkeyPatch) -> FakeEmbedder:
+    fake = FakeEmbedder()
+    monkeypatch.setattr(cli, "embedder_factory", lambda path, n: fake)
+    return fake
+
+
+@pytest.fixture
+def config_file(tmp_path: Path) -> Path:
+    p = tmp_path / "config.toml"
+    p.write_text(
+        f"""
+[detector]
+learn_frames = 10
+[placement]
+stable_frames = 4
+empty_frames = 4
+[gallery]
+path = "{tmp_path / "g.db"}"
+[service]
+log_level = "WARNING"
+retry_initial_s = 0.01
+retry_max_s = 0.02
+"""
+    )
+    return p
+
+
+def test_products_and_gallery_commands(
+    tmp_path: Path, config_file: Path, fake_model, capsys
+) -> None:
+    c = ["--config", str(config_file)]
+    tree = tmp_path / "photos"
+    for product in ("Banana", "Red-Bell-Pepper"):
+        (tree / product).mkdir(parents=True)
+        for src in sorted((FIXTURE / "train" / product).glob("*.jpg"))[:3]:
+            (tree / product / src.name).write_bytes(src.read_bytes())
+    assert cli.main(["enroll", *c, "--from-images", str(tree)]) == 0
+    assert cli.main(["products", "list", *c, "--json"]) == 0
+    listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert [(p["name"], p["views"]) for p in listed] == [("Banana", 3), ("Red-Bell-Pepper", 3)]
+    assert cli.main(["products", "rename", *c, "Red-Bell-Pepper", "Pepper"]) == 0
+    assert cli.main(["products", "delete", *c, "Nope"]) == 2
+    assert "no product named 'Nope'" in capsys.readouterr().err
+    assert cli.main(["gallery", "export", *c, str(tmp_path / "set.zip")]) == 0
+    assert cli.main(["products", "delete", *c, "Banana"]) == 0
+    assert cli.main(["gallery", "import", *c, str(tmp_path / "set.zip")]) == 0
+    assert cli.main(["products", "list", *c]) == 0
+    out = capsys.readouterr().out
+    assert "Banana" in out and "Pepper" in out
+    assert (
+        cli.main(
+            ["gallery", "import", *c, "--db", str(tmp_path / "other.db"), str(tmp_path / "set.zip")]
+        )
+        == 0
+    )
+    with Gallery(tmp_path / "other.db") as g:
+        assert {p.name for p in g.products()} == {"Banana", "Pepper"}
+
+
+def test_run_prints_json_events(
+    tmp_path: Path, config_file: Path, fake_model, photos, capsys
+) -> None:
+    video = write_frames(
+        SyntheticSource(
+            SyntheticScene(seed=8, noise=2.0),
+            [
+                Placement(lb, im, (150 + 60 * i, 120, 180, 180), 20 + 30 * i, 40 + 30 * i)
+                for i, (lb, im) in enumerate(photos[:3])
+            ],
+            115,
+        ),
+        tmp_path / "scene.avi",
+    )
+    code = cli.main(
+        [
+            "run",
+            "--config",
+            str(config_file),
+            "--source",
+            str(video),
+            "--save-crops",
+            str(tmp_path / "c"),
+        ]
+    )
+    assert code == 0
+    events = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
+    assert len(events) == 3 and all(e["status"] == "unknown" for e in events)
+    assert set(events[0]) >= {"time", "label", "status", "score", "runner_up", "box", "latency_ms"}
+    assert len(list((tmp_path / "c").glob("*.jpg"))) == 3
+    assert cli.main(["gallery", "events", "--config", str(config_file)]) == 0
+    assert len(capsys.readouterr().out.splitlines()) == 3
+
+
+def test_errors_give_clear_exit_codes(
+    tmp_path: Path, config_file: Path, monkeypatch, capsys
+) -> None:
+    c = ["--config", str(config_file)]
+    # A mismatched bundle: model.json disagrees with the .tflite -> the real loader refuses it.
+    bundle = tmp_path / "bundle"
+    bundle.mkdir()
+    (bundle / "model.tflite").write_bytes(b"\x00" * 64)
+    (bundle / "model.json").write_text('{"format": "prodrec-bundle", "format_version": 1}')
+    assert cli.main(["run", *c, "--model", str(bundle), "--source", str(tmp_path)]) == 3
+    assert cli.main(["run", *c, "--model", str(tmp_path / "missing")]) == 3
+    assert "model" in capsys.readouterr().err
+    # A corrupt product database.
+    junk = tmp_path / "junk.db"
+    junk.write_bytes(b"garbage" * 1000)
+    monkeypatch.setattr(cli, "embedder_factory", lambda path, n: FakeEmbedder())
+    assert cli.main(["products", "list", *c, "--db", str(junk)]) == 4
+    assert "corrupt" in capsys.readouterr().err
+    # No calibrated threshold in the bundle and none configured.
+    monkeypatch.setattr(cli, "embedder_factory", lambda path, n: FakeEmbedder(threshold=None))
+    frames = tmp_path / "frames"
+    frames.mkdir()
+    (frames / "a.jpg").write_bytes((FIXTURE / "train" / "Banana" / "Banana_001.jpg").read_bytes())
+    assert cli.main(["run", *c, "--source", str(frames)]) == 2
+    assert "threshold" in capsys.readouterr().err
+    assert cli.main(["run", *c, "--source", "no-such-video.mp4"]) == 2
+    assert cli.main(["run", *c, "--threshold", "3"]) == 2  # out of range, named
+
+
+class Reader:
+    """Collects a subprocess' stderr lines in a thread, to wait for a given line."""
+
+    def __init__(self, stream) -> None:
+        self.lines: queue.Queue[str] = queue.Queue()
+        self.seen: list[str] = []
+        threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
+
+    def _pump(self, stream) -> None:
+        for line in stream:
+            self.lines.put(line)
+
+    def wait_for(self, text: str, timeout: float = 30) -> None:
+        end = time.monotonic() + timeout
+        while time.monotonic() < end:
+            try:
+                line = self.lines.get(timeout=0.5)
+            except queue.Empty:
+                continue
+            self.seen.append(line)
+            if text in line:
+                return
+        raise AssertionError(f"{text!r} not seen in {''.join(self.seen)}")
+
+
+def fake_cli(*args: str, **kw) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    return subprocess.Popen(
+        [sys.executable, "-m", "tests.device.fake_cli", *args],
+        cwd=ROOT,
+        env=env,
+        text=True,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        **kw,
+    )
+
+
+def test_sigterm_during_enrollment_stores_nothing(
+    tmp_path: Path, config_file: Path, photos
+) -> None:
+    label, image = photos[2]
+    video = write_frames(
+        SyntheticSource(
+            SyntheticScene(seed=9, noise=2.0),
+            [Placement(label, image, (200, 120, 200, 200), 15, 80)],
+            80,
+        ),
+        tmp_path / "enroll.avi",
+    )
+    db = tmp_path / "g.db"
+    proc = fake_cli("enroll", "Banana", "--config", str(config_file), "--source", str(video))
+    err = Reader(proc.stderr)
+    proc.stdin.write("\n\n")  # scene clear; view 1 placed
+    proc.stdin.flush()
+    err.wait_for("view 1/4 taken")
+    time.sleep(0.3)  # now at the console prompt for view 2 (a prompt has no newline to wait for)
+    proc.send_signal(signal.SIGTERM)
+    assert proc.wait(30) == 130
+    err.wait_for("nothing was stored")
+    with Gallery(db) as g:
+        assert len(g) == 0 and g.conn.execute("SELECT COUNT(*) FROM views").fetchone()[0] == 0
+
+
+def test_sigterm_stops_run_cleanly(tmp_path: Path, config_file: Path) -> None:
+    proc = fake_cli(
+        "run",
+        "--config",
+        str(config_file),
+        "--log-level",
+        "INFO",
+        "--source",
+        f"synthetic:{FIXTURE / 'test'}",
+    )
+    first = proc.stdout.readline()  # the first event
+    assert json.loads(first)["status"] == "unknown"
+    proc.send_signal(signal.SIGTERM)
+    out, err = proc.communicate(timeout=30)
+    assert proc.returncode == 0, err
+    assert "signal 15: stopping" in err and "Traceback" not in err
+    assert len(out.splitlines()) < 7  # stopped before the end of the 8-product scene

@@ -1,0 +1,186 @@
+"""Finding and decoding training images; every bad input is a clear ValueError or a counted skip."""
+
+from __future__ import annotations
+
+import json
+import logging
+import shutil
+from pathlib import Path
+
+import cv2
+import numpy as np
+import pytest
+from PIL import Image
+
+from training.data import decode_items, parse_classes, scan_dataset
+
+FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "grocery"
+
+
+def _jpg(path: Path, seed: int = 0) -> Path:
+    path.parent.mkdir(parents=True, exist_ok=True)
+    img = np.random.default_rng(seed).integers(0, 255, size=(40, 50, 3), dtype=np.uint8)
+    cv2.imwrite(str(path), img)
+    return path
+
+
+def _make(root: Path, counts: dict[str, int]) -> Path:
+    for name, n in counts.items():
+        (root / name).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            _jpg(root / name / f"{i:03d}.jpg", seed=i)
+    return root
+
+
+def test_folder_per_class_gets_a_stratified_split() -> None:
+    ds = scan_dataset(FIXTURE / "train", val_split=0.15, seed=0)
+    assert len(ds.classes) == 8 and ds.layout == "folders"
+    assert len(ds.train) + len(ds.val) == 64
+    for label in range(8):  # every class on both sides
+        assert sum(lab == label for _, lab in ds.val) == 1
+        assert sum(lab == label for _, lab in ds.train) == 7
+    assert not {p for p, _ in ds.train} & {p for p, _ in ds.val}
+    again = scan_dataset(FIXTURE / "train", val_split=0.15, seed=0)
+    assert again.val == ds.val  # deterministic for a seed
+
+
+def test_train_val_subtrees_are_used_and_other_trees_ignored(tmp_path: Path) -> None:
+    _make(tmp_path / "train", {"a": 3, "b": 3})
+    _make(tmp_path / "val", {"a": 1, "b": 2})
+    _make(tmp_path / "test", {"a": 5, "zzz": 5})
+    (tmp_path / "protocol.json").write_text("{}")
+    ds = scan_dataset(tmp_path)
+    assert ds.layout == "train/val" and ds.classes == ["a", "b"]
+    assert len(ds.train) == 6 and len(ds.val) == 3
+    assert all("/test/" not in str(p) for p, _ in ds.train + ds.val)
+
+
+def test_classes_subset_from_names_text_file_and_protocol_json(tmp_path: Path) -> None:
+    root = _make(tmp_path / "data", {"a": 2, "b": 2, "c": 2})
+    assert scan_dataset(root, "c,a").classes == ["c", "a"]
+    listing = tmp_path / "classes.txt"
+    listing.write_text("# products\na\n\nc  \n")
+    assert scan_dataset(root, str(listing)).classes == ["a", "c"]
+    protocol = tmp_path / "protocol.json"
+    protocol.write_text(json.dumps({"train_classes": ["b", "c"], "heldout_classes": ["a"]}))
+    assert scan_dataset(root, str(protocol)).classes == ["b", "c"]
+    assert parse_classes(["x", "y"]) == ("x", "y")
+
+
+def test_unknown_class_in_classes_is_named(tmp_path: Path) -> None:
+    root = _make(tmp_path, {"a": 2, "b": 2})
+    with pytest.raises(ValueError, match=r"unknown class.*nope"):
+        scan_dataset(root, "a,nope")
+
+
+def test_classes_file_that_does_not_exist(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="no such file"):
+        parse_classes(str(tmp_path / "missing.txt"))
+
+
+def test_empty_folder(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="is empty"):
+        scan_dataset(tmp_path)
+    with pytest.raises(ValueError, match="does not exist"):
+        scan_dataset(tmp_path / "nothing")
+
+
+def test_single_class(tmp_path: Path) -> None:
+    with pytest.raises(ValueError, match="only one class"):
+        scan_dataset(_make(tmp_path, {"a": 5}))
+    with pytest.raises(ValueError, match="only one class"):
+        scan_dataset(_make(tmp_path / "two", {"a": 5, "b": 5}), "a")
+
+
+def test_class_with_fewer_than_two_images(tmp_path: Path) -> None:
+    root = _make(tmp_path, {"a": 3, "b": 1, "c": 0})
+    with pytest.raises(ValueError, match=r"fewer than 2 usable images.*b \(1\).*c \(0\)"):
+        scan_dataset(root)
+
+
+def test_non_image_files_are_skipped_and_listed(tmp_path: Path) -> None:
+    root = _make(tmp_path, {"a": 2, "b": 2})
+    (root / "a" / "notes.txt").write_text("hello")
+    (root / "a" / ".DS_Store").write_bytes(b"\0")  # hidden files are not data
+    ds = scan_dataset(root)
+    assert [p.name for p, _ in ds.skipped] == ["notes.txt"]
+    assert "not an image" in ds.skipped_strings()[0]
+
+
+def test_odd_image_formats_are_converted_and_broken_files_skipped(tmp_path: Path) -> None:
+    rng = np.random.default_rng(0)
+    rgb = rng.integers(0, 255, size=(30, 20, 3), dtype=np.uint8)
+    files = {
+        "gray.png": Image.fromarray(rgb[..., 0], "L"),
+        "rgba.png": Image.fromarray(np.dstack([rgb, rgb[..., :1]]), "RGBA"),
+        "palette.png": Image.fromarray(rgb, "RGB").convert("P"),
+        "rgb.jpg": Image.fromarray(rgb, "RGB"),
+    }
+    items = []
+    for name, im in files.items():
+        im.save(tmp_path / name)
+        items.append((tmp_path / name, 0))
+    cv2.imwrite(str(tmp_path / "deep.png"), (rgb.astype(np.uint16) * 257))  # 16-bit
+    items.append((tmp_path / "deep.png", 1))
+    (tmp_path / "broken.jpg").write_bytes(b"\xff\xd8 definitely not a jpeg")
+    (tmp_path / "empty.png").write_bytes(b"")
+    items += [(tmp_path / "broken.jpg", 1), (tmp_path / "empty.png", 1)]
+    arrays, skipped = decode_items(items, 24, progress=False)
+    assert arrays.images.shape == (5, 24, 24, 3) and arrays.images.dtype == np.uint8
+    assert arrays.labels.tolist() == [0, 0, 0, 0, 1]
+    assert sorted(p.name for p, _ in skipped) == ["broken.jpg", "empty.png"]
+    # colour order: a pure red file decodes to red in RGB
+    red = np.zeros((8, 8, 3), np.uint8)
+    red[..., 0] = 255
+    Image.fromarray(red).save(tmp_path / "red.png")
+    arr, _ = decode_items([(tmp_path / "red.png", 0)], 8, progress=False)
+    assert arr.images[0, 4, 4].tolist() == [255, 0, 0]
+
+
+def test_fit_rejects_classes_left_with_one_readable_image_before_building(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    from training.config import FitConfig
+    from training.fit import fit
+
+    root = _make(tmp_path / "data", {"a": 3, "b": 2})
+    (root / "b" / "001.jpg").write_bytes(b"garbage")
+    cfg = FitConfig(weights=None, alpha=0.35, input_size=96, epochs=1)
+    with caplog.at_level(logging.WARNING), pytest.raises(ValueError, match=r"b \(1\)"):
+        fit(root, tmp_path / "run", cfg, progress=False)
+    assert "001.jpg" in caplog.text  # the skip warning names the file
+    assert not (tmp_path / "run" / "extractor.keras").exists()
+
+
+def test_fit_refuses_to_overwrite_a_run(tmp_path: Path) -> None:
+    from training.config import FitConfig
+    from training.fit import fit
+
+    run = tmp_path / "run"
+    run.mkdir()
+    (run / "config.json").write_text("{}")
+    with pytest.raises(ValueError, match="--overwrite"):
+        fit(
+            FIXTURE / "train",
+            run,
+            FitConfig(weights=None, alpha=0.35, input_size=96),
+            progress=False,
+        )
+
+
+def test_cli_reports_bad_input_as_an_error_exit(
+    tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    from training.cli import main
+
+    shutil.copytree(FIXTURE / "train" / "Banana", tmp_path / "data" / "Banana")
+    code = main(
+        ["fit", str(tmp_path / "data"), "--out", str(tmp_path / "run"), "--weights", "none"]
+    )
+    assert code == 2
+    assert "only one class" in capsys.readouterr().err
+    code = main(
+        ["fit", str(FIXTURE / "train"), "--out", str(tmp_path / "r"), "--input-size", "100"]
+    )
+    assert code == 2
+    assert "no ImageNet weights" in capsys.readouterr().err

@@ -1,0 +1,216 @@
+"""Command line: `python -m training fit DATA_DIR --out RUN_DIR [options]`.
+
+Other modules add subcommands without editing this file: any module in `PLUGIN_MODULES` that exists
+and defines `add_parser(subparsers)` registers its own; each subparser sets `func=callable(args)`
+returning an exit code.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import importlib.util
+import logging
+import os
+import sys
+from collections.abc import Sequence
+from typing import Any
+
+from .config import HEAD_DEFAULTS, HEADS, STRATEGIES, FitConfig
+
+log = logging.getLogger(__name__)
+
+PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
+
+
+def _unfreeze(text: str) -> tuple[float, ...]:
+    text = text.strip().lower()
+    if text in ("", "0", "none", "no"):
+        return ()
+    if text == "all":
+        return (1.0,)
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--unfreeze takes fractions like 0.25,0.5, 'all' or 'none', got {text!r}"
+        ) from exc
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def add_fit_parser(sub: Any) -> None:
+    d = FitConfig.__dataclass_fields__
+    p = sub.add_parser(
+        "fit",
+        help="train an embedding extractor on folder-per-class images",
+        description="Train MobileNetV2 + a margin head on DATA_DIR/<class>/*.jpg (or DATA_DIR/train "
+        "and DATA_DIR/val of that shape) and write RUN_DIR.",
+        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+    )
+    p.add_argument("data_dir", metavar="DATA_DIR")
+    p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder")
+    p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
+    p.add_argument(
+        "--head",
+        choices=HEADS,
+        default=d["head"].default,
+        help="defaults (s, m): " + ", ".join(f"{h} {v}" for h, v in HEAD_DEFAULTS.items()),
+    )
+    p.add_argument("--scale", type=float, default=None, help="logit scale s (default: the head's)")
+    p.add_argument("--margin", type=float, default=None, help="margin m (default: the head's)")
+    p.add_argument("--easy-margin", action="store_true", help="ArcFace: margin only where cos > 0")
+    p.add_argument("--sphereface-lambda", type=float, default=d["sphereface_lambda"].default)
+    p.add_argument("--alpha", type=float, default=d["alpha"].default, help="MobileNetV2 width")
+    p.add_argument("--input-size", type=int, default=d["input_size"].default, help="pixels")
+    p.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default)
+    p.add_argument("--dropout", type=float, default=d["dropout"].default)
+    p.add_argument(
+        "--weights",
+        type=_weights,
+        default="imagenet",
+        help="imagenet, none, a MobileNetV2 .h5 file, or a RUN_DIR/extractor.keras to start from",
+    )
+    p.add_argument(
+        "--epochs",
+        type=int,
+        default=d["epochs"].default,
+        help="TOTAL epochs over all stages (frozen + unfrozen)",
+    )
+    p.add_argument(
+        "--frozen-epochs",
+        type=int,
+        default=d["frozen_epochs"].default,
+        help="first epochs with the backbone frozen",
+    )
+    p.add_argument(
+        "--unfreeze",
+        type=_unfreeze,
+        default=d["unfreeze"].default,
+        help="fractions of backbone blocks unfrozen (top first), one stage each, sharing the "
+        "remaining epochs evenly; 'all' or 'none'",
+    )
+    p.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate, frozen stage")
+    p.add_argument(
+        "--finetune-lr",
+        type=float,
+        default=d["finetune_lr"].default,
+        help="learning rate of the first unfrozen stage (halved each further stage)",
+    )
+    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="per replica")
+    p.add_argument(
+        "--val-split",
+        type=float,
+        default=d["val_split"].default,
+        help="validation share per class when DATA_DIR has no val/",
+    )
+    p.add_argument(
+        "--classes",
+        default=None,
+        help="a subset: comma-separated names, a file with one per line, or a JSON list / "
+        "protocol.json (its train_classes)",
+    )
+    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument("--no-augment", action="store_true", help="no augmentation")
+    p.add_argument(
+        "--flip", action="store_true", help="random horizontal flips (off: packaging text)"
+    )
+    p.add_argument(
+        "--patience",
+        type=int,
+        default=d["early_stopping_patience"].default,
+        help="early stopping patience (epochs, per stage)",
+    )
+    p.add_argument(
+        "--strategy",
+        choices=STRATEGIES,
+        default="default",
+        help="tf.distribute: mirrored (GPUs), multiworker (hosts, TF_CONFIG)",
+    )
+    p.add_argument("--quiet", action="store_true", help="no progress output")
+    p.set_defaults(func=run_fit)
+
+
+def config_from_args(args: argparse.Namespace) -> FitConfig:
+    from .data import parse_classes
+
+    return FitConfig(
+        head=args.head,
+        alpha=args.alpha,
+        input_size=args.input_size,
+        embedding_dim=args.embedding_dim,
+        weights=args.weights,
+        dropout=args.dropout,
+        scale=args.scale,
+        margin=args.margin,
+        easy_margin=args.easy_margin,
+        sphereface_lambda=args.sphereface_lambda,
+        epochs=args.epochs,
+        frozen_epochs=args.frozen_epochs,
+        unfreeze=args.unfreeze,
+        batch_size=args.batch_size,
+        lr=args.lr,
+        finetune_lr=args.finetune_lr,
+        val_split=args.val_split,
+        classes=parse_classes(args.classes),
+        seed=args.seed,
+        augment=not args.no_augment,
+        flip=args.flip,
+        early_stopping_patience=args.patience,
+        strategy=args.strategy,
+    )
+
+
+def run_fit(args: argparse.Namespace) -> int:
+    cfg = config_from_args(args)  # validates before TensorFlow is imported
+    from .fit import fit
+
+    result = fit(args.data_dir, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
+    t = result.config["training"]
+    print(
+        f"run written to {result.run_dir}: {t['epochs_run']} epochs in {t['time_s']} s, best "
+        f"{result.monitor} {result.best_value if result.best_value is not None else float('nan'):.4f}"
+        f" (epoch {result.best_epoch}); extractor: {result.run_dir / 'extractor.keras'}"
+    )
+    return 0
+
+
+def _add_plugins(sub: Any) -> None:
+    for name in PLUGIN_MODULES:
+        if importlib.util.find_spec(name) is None:
+            continue
+        try:
+            module = importlib.import_module(name)
+        except Exception as exc:  # a broken plug-in must not take `fit` down with it
+            log.warning("cannot load %s (its subcommand is unavailable): %s", name, exc)
+            continue
+        add = getattr(module, "add_parser", None)
+        if callable(add):
+            add(sub)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m training", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+    add_fit_parser(sub)
+    _add_plugins(sub)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    logging.basicConfig(
+        level=logging.DEBUG if args.verbose else logging.INFO,
+        format="%(asctime)s %(levelname)s %(name)s: %(message)s",
+        stream=sys.stderr,
+    )
+    try:
+        return int(args.func(args) or 0)
+    except ValueError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2

@@ -1,0 +1,187 @@
+"""`FitConfig`: every hyper-parameter of a training run, validated before anything heavy starts."""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, replace
+from typing import Any
+
+HEADS = ("arcface", "cosface", "sphereface", "normface", "softmax")
+STRATEGIES = ("default", "mirrored", "multiworker")
+
+# (scale s, margin m) as published: ArcFace (Deng et al. 2019) s=64 m=0.5; CosFace (Wang et al.
+# 2018) s=64 m=0.35; SphereFace (Liu et al. 2017) integer m=4 (features normalised here, so a scale
+# is needed: 64 like the other angular heads); NormFace (Wang et al. 2017) has no margin and a fixed
+# scale: 30, the value AM-Softmax/CosFace re-implementations use for normalised softmax.
+HEAD_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
+    "arcface": (64.0, 0.5),
+    "cosface": (64.0, 0.35),
+    "sphereface": (64.0, 4.0),
+    "normface": (30.0, 0.0),
+    "softmax": (None, None),
+}
+
+# Keras ships ImageNet weights for MobileNetV2 only at these input sizes and widths.
+IMAGENET_SIZES = (96, 128, 160, 192, 224)
+IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
+MIN_INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class FitConfig:
+    """Hyper-parameters of `training.fit`. `scale`/`margin` None mean the head's published default.
+
+    Epochs: `epochs` is the TOTAL over all stages. The first `frozen_epochs` train the head and the
+    embedding layer with the backbone frozen (at `lr`); the rest is split evenly between the
+    `unfreeze` stages, each unfreezing the top fraction of the backbone's blocks (at `finetune_lr`,
+    halved at every further stage).
+    """
+
+    head: str = "arcface"
+    alpha: float = 1.0
+    input_size: int = 160
+    embedding_dim: int = 128
+    weights: str | None = "imagenet"
+    dropout: float = 0.2
+    scale: float | None = None
+    margin: float | None = None
+    easy_margin: bool = False
+    sphereface_lambda: float = 5.0
+    epochs: int = 12
+    frozen_epochs: int = 3
+    unfreeze: tuple[float, ...] = (0.25, 0.5)
+    batch_size: int = 32
+    lr: float = 1e-3
+    finetune_lr: float = 1e-4
+    val_split: float = 0.15
+    classes: tuple[str, ...] | None = None
+    seed: int = 0
+    augment: bool = True
+    flip: bool = False
+    early_stopping_patience: int = 3
+    lr_patience: int = 1
+    lr_factor: float = 0.3
+    strategy: str = "default"
+    decode_scale: float = 1.15
+
+    def __post_init__(self) -> None:
+        validate(self)
+
+    @property
+    def resolved_scale(self) -> float | None:
+        return self.scale if self.scale is not None else HEAD_DEFAULTS[self.head][0]
+
+    @property
+    def resolved_margin(self) -> float | None:
+        return self.margin if self.margin is not None else HEAD_DEFAULTS[self.head][1]
+
+    def with_(self, **changes: Any) -> FitConfig:
+        return replace(self, **changes)
+
+    def to_dict(self) -> dict[str, Any]:
+        data = asdict(self)
+        data["unfreeze"] = list(self.unfreeze)
+        data["classes"] = list(self.classes) if self.classes is not None else None
+        data["scale"] = self.resolved_scale
+        data["margin"] = self.resolved_margin
+        return data
+
+
+def validate_backbone(input_size: int, alpha: float, weights: str | None) -> None:
+    """Reject MobileNetV2 settings it cannot take, with what to use instead."""
+    if not isinstance(input_size, int) or isinstance(input_size, bool):
+        raise ValueError(f"input size must be an integer number of pixels, got {input_size!r}")
+    if input_size < MIN_INPUT_SIZE:
+        raise ValueError(
+            f"input size {input_size} is too small: MobileNetV2 needs at least {MIN_INPUT_SIZE} px"
+        )
+    if not alpha > 0:
+        raise ValueError(f"alpha must be > 0, got {alpha}")
+    if weights == "imagenet":
+        if input_size not in IMAGENET_SIZES:
+            raise ValueError(
+                f"input size {input_size} has no ImageNet weights for MobileNetV2: use one of "
+                f"{', '.join(map(str, IMAGENET_SIZES))}, or --weights none to train from scratch"
+            )
+        if alpha not in IMAGENET_ALPHAS:
+            raise ValueError(
+                f"alpha {alpha} has no ImageNet weights for MobileNetV2: use one of "
+                f"{', '.join(map(str, IMAGENET_ALPHAS))}, or --weights none"
+            )
+
+
+def validate(cfg: FitConfig) -> None:
+    if cfg.head not in HEADS:
+        raise ValueError(f"unknown head {cfg.head!r}: choose one of {', '.join(HEADS)}")
+    if cfg.strategy not in STRATEGIES:
+        raise ValueError(
+            f"unknown strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}"
+        )
+    validate_backbone(cfg.input_size, cfg.alpha, cfg.weights)
+    if cfg.embedding_dim < 2:
+        raise ValueError(f"embedding dim must be >= 2, got {cfg.embedding_dim}")
+    if not 0.0 <= cfg.dropout < 1.0:
+        raise ValueError(f"dropout must be in [0, 1), got {cfg.dropout}")
+    if cfg.epochs < 1:
+        raise ValueError(f"epochs must be >= 1, got {cfg.epochs}")
+    if cfg.frozen_epochs < 0:
+        raise ValueError(f"frozen epochs must be >= 0, got {cfg.frozen_epochs}")
+    if cfg.batch_size < 1:
+        raise ValueError(f"batch size must be >= 1, got {cfg.batch_size}")
+    for f in cfg.unfreeze:
+        if not 0.0 < f <= 1.0:
+            raise ValueError(f"--unfreeze fractions must be in (0, 1], got {f}")
+    if list(cfg.unfreeze) != sorted(cfg.unfreeze):
+        raise ValueError(
+            f"--unfreeze fractions must increase (top first), got {list(cfg.unfreeze)}"
+        )
+    if not (cfg.lr > 0 and cfg.finetune_lr > 0):
+        raise ValueError("learning rates must be > 0")
+    if not 0.0 <= cfg.val_split < 1.0:
+        raise ValueError(f"validation split must be in [0, 1), got {cfg.val_split}")
+    s, m = cfg.resolved_scale, cfg.resolved_margin
+    if s is not None and not s > 0:
+        raise ValueError(f"scale must be > 0, got {s}")
+    if cfg.head == "arcface" and m is not None and not 0.0 <= m < math.pi / 2:
+        raise ValueError(f"ArcFace margin is an angle in radians in [0, pi/2), got {m}")
+    if cfg.head == "cosface" and m is not None and not 0.0 <= m < 2.0:
+        raise ValueError(f"CosFace margin must be in [0, 2), got {m}")
+    if cfg.head == "sphereface" and (m is None or m < 1 or float(m) != int(m)):
+        raise ValueError(f"SphereFace margin is an integer >= 1 (the paper uses 4), got {m}")
+    if cfg.decode_scale < 1.0:
+        raise ValueError(f"decode scale must be >= 1, got {cfg.decode_scale}")
+    if cfg.classes is not None and len(cfg.classes) < 2:
+        raise ValueError(
+            f"--classes selects {len(cfg.classes)} class(es): an embedding needs at least 2 classes"
+        )
+
+
+def stage_plan(cfg: FitConfig) -> list[tuple[float, int, float]]:
+    """[(unfrozen backbone fraction, epochs, learning rate)] for each stage, epochs summing to
+    cfg.epochs. Stage 0 (fraction 0.0) is the frozen backbone."""
+    frozen = min(cfg.frozen_epochs, cfg.epochs)
+    rest = cfg.epochs - frozen
+    plan: list[tuple[float, int, float]] = []
+    if frozen:
+        plan.append((0.0, frozen, cfg.lr))
+    stages = list(cfg.unfreeze)
+    if rest and not stages:
+        plan.append((0.0, rest, cfg.lr))  # nothing to unfreeze: just train longer frozen
+        return _merge(plan)
+    if rest:
+        n = min(len(stages), rest)
+        stages = stages[-n:] if n < len(stages) else stages  # too few epochs: keep the deepest
+        base, extra = divmod(rest, n)
+        for i, frac in enumerate(stages):
+            plan.append((frac, base + (1 if i >= n - extra else 0), cfg.finetune_lr * 0.5**i))
+    return _merge(plan)
+
+
+def _merge(plan: list[tuple[float, int, float]]) -> list[tuple[float, int, float]]:
+    out: list[tuple[float, int, float]] = []
+    for frac, n, lr in plan:
+        if out and out[-1][0] == frac and out[-1][2] == lr:
+            out[-1] = (frac, out[-1][1] + n, lr)
+        elif n > 0:
+            out.append((frac, n, lr))
+    return out

@@ -1,0 +1,369 @@
+"""`fit`: data -> staged fine-tuning -> RUN_DIR (extractor.keras, model.keras, config.json,
+history.csv, curves.png). The CLI's `fit` is a thin layer over this."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import sys
+import tempfile
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import keras
+
+from .config import FitConfig, stage_plan
+from .data import (
+    AugmentParams,
+    check_decoded,
+    decode_items,
+    eval_pipeline,
+    scan_dataset,
+    train_pipeline,
+)
+from .run import (
+    CONFIG_FILE,
+    CURVES_FILE,
+    EXTRACTOR_FILE,
+    HISTORY_FILE,
+    MODEL_FILE,
+    RUN_FORMAT,
+    RUN_FORMAT_VERSION,
+    write_run_config,
+)
+
+log = logging.getLogger(__name__)
+
+HISTORY_COLUMNS = (
+    "epoch",
+    "stage",
+    "unfrozen",
+    "lr",
+    "loss",
+    "accuracy",
+    "val_loss",
+    "val_accuracy",
+    "time_s",
+)
+
+
+@dataclass
+class FitResult:
+    run_dir: Path
+    config: dict[str, Any]
+    history: list[dict[str, Any]]
+    best_epoch: int | None
+    best_value: float | None  # best `monitor` (val_loss, or loss without validation)
+    monitor: str
+    extractor: Any  # keras.Model
+
+
+def fit(
+    data_dir: str | Path,
+    out_dir: str | Path,
+    config: FitConfig,
+    progress: bool = True,
+    *,
+    overwrite: bool = False,
+) -> FitResult:
+    """Train an extractor on DATA_DIR and write RUN_DIR. Every check of the input (folders,
+    classes, counts, unreadable files, model settings) happens before the model is built."""
+    t_start = time.monotonic()
+    out = Path(out_dir)
+    if (out / CONFIG_FILE).exists() and not overwrite:
+        raise ValueError(
+            f"{out} already holds a training run: choose another --out or pass --overwrite"
+        )
+    if out.exists() and not out.is_dir():
+        raise ValueError(f"--out {out} is a file, not a folder")
+
+    dataset = scan_dataset(data_dir, config.classes, val_split=config.val_split, seed=config.seed)
+    n_cls = len(dataset.classes)
+    log.info(
+        "%s: %d classes, %d training and %d validation images (%s layout)",
+        dataset.data_dir,
+        n_cls,
+        len(dataset.train),
+        len(dataset.val),
+        dataset.layout,
+    )
+
+    import tensorflow as tf
+
+    from .heads import make_loss
+    from .model import build_extractor, build_training_model, is_pretrained, set_backbone_trainable
+    from .plots import plot_curves
+    from .strategy import is_chief, make_strategy
+
+    keras.utils.set_random_seed(config.seed)
+    size = config.input_size
+    stored = round(size * config.decode_scale) if config.augment else size
+    train_arr, bad_train = decode_items(
+        dataset.train, stored, what="decoding training images", progress=progress
+    )
+    val_arr, bad_val = decode_items(
+        dataset.val, size, what="decoding validation images", progress=progress
+    )
+    skipped = dataset.skipped + bad_train + bad_val
+    if skipped:
+        log.warning(
+            "skipped %d unreadable or non-image file(s):\n  %s",
+            len(skipped),
+            "\n  ".join(f"{p}: {r}" for p, r in skipped),
+        )
+    check_decoded(train_arr, dataset.classes, dataset.data_dir)
+
+    strategy = make_strategy(config.strategy)
+    replicas = int(strategy.num_replicas_in_sync)
+    global_batch = config.batch_size * replicas
+    params = AugmentParams(flip=config.flip)
+    train_ds = train_pipeline(
+        train_arr, size, global_batch, augment=config.augment, params=params, seed=config.seed
+    )
+    has_val = len(val_arr.labels) > 0
+    val_ds = eval_pipeline(val_arr, global_batch) if has_val else None
+    monitor = "val_loss" if has_val else "loss"
+    pretrained = is_pretrained(config.weights)
+
+    with strategy.scope():
+        extractor = build_extractor(
+            input_size=size,
+            alpha=config.alpha,
+            embedding_dim=config.embedding_dim,
+            weights=config.weights,
+            dropout=config.dropout,
+        )
+        model = build_training_model(extractor, config.head, n_cls)
+
+    writes = is_chief()
+    run_dir = out if writes else Path(tempfile.mkdtemp(prefix="prodrec-worker-"))
+    run_dir.mkdir(parents=True, exist_ok=True)
+    keeper = _BestWeights(monitor)  # one across stages: the best epoch of the whole run wins
+    verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
+
+    plan = stage_plan(config)
+    history: list[dict[str, Any]] = []
+    epoch = 0
+    stages_run: list[dict[str, Any]] = []
+    for i, (fraction, n_epochs, lr) in enumerate(plan):
+        n_trainable = set_backbone_trainable(extractor, fraction, freeze_bn=pretrained)
+        with strategy.scope():
+            model.compile(
+                optimizer=keras.optimizers.Adam(learning_rate=lr * replicas),
+                loss=make_loss(
+                    config.head,
+                    config.resolved_scale,
+                    config.resolved_margin,
+                    easy_margin=config.easy_margin,
+                    sphereface_lambda=config.sphereface_lambda,
+                ),
+                metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
+            )
+        log.info(
+            "stage %d/%d: backbone %s (%d trainable backbone weights), lr %.2g, epochs %d-%d",
+            i + 1,
+            len(plan),
+            "frozen" if fraction <= 0 else f"top {fraction:.0%} of blocks unfrozen",
+            n_trainable,
+            lr * replicas,
+            epoch + 1,
+            epoch + n_epochs,
+        )
+        callbacks = [
+            keeper,
+            keras.callbacks.ReduceLROnPlateau(
+                monitor=monitor,
+                factor=config.lr_factor,
+                patience=config.lr_patience,
+                min_lr=lr * replicas * 1e-2,
+                verbose=1 if progress else 0,
+            ),
+            keras.callbacks.EarlyStopping(
+                monitor=monitor,
+                patience=config.early_stopping_patience,
+                verbose=1 if progress else 0,
+            ),
+            _Recorder(history, stage=i, unfrozen=fraction),
+        ]
+        h = model.fit(
+            train_ds,
+            validation_data=val_ds,
+            epochs=epoch + n_epochs,
+            initial_epoch=epoch,
+            callbacks=callbacks,
+            verbose=verbose,
+            shuffle=False,  # the tf.data pipeline shuffles
+        )
+        ran = len(h.epoch)
+        stages_run.append(
+            {
+                "stage": i,
+                "unfrozen_fraction": fraction,
+                "lr": lr * replicas,
+                "epochs_planned": n_epochs,
+                "epochs_run": ran,
+                "trainable_backbone_weights": n_trainable,
+            }
+        )
+        epoch += ran
+
+    best_epoch = keeper.best_epoch
+    if keeper.weights is not None:
+        model.set_weights(keeper.weights)
+        log.info("restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best)
+    best = keeper.best
+
+    run_cfg = _run_config(config, dataset, train_arr, val_arr, skipped, replicas, global_batch)
+    run_cfg["training"].update(
+        {
+            "stages": stages_run,
+            "epochs_run": epoch,
+            "monitor": monitor,
+            "best_epoch": best_epoch,
+            "best_" + monitor: best,
+            "time_s": round(time.monotonic() - t_start, 1),
+            "tensorflow": tf.__version__,
+            "keras": keras.__version__,
+        }
+    )
+    extractor.save(run_dir / EXTRACTOR_FILE)
+    model.save(run_dir / MODEL_FILE)
+    write_history(history, run_dir / HISTORY_FILE)
+    plot_curves(
+        history,
+        run_dir / CURVES_FILE,
+        title=f"{config.head}, MobileNetV2 {config.alpha} / {size} px",
+    )
+    write_run_config(run_dir, run_cfg)
+    log.info("wrote %s in %.0f s", run_dir, time.monotonic() - t_start)
+    return FitResult(run_dir, run_cfg, history, best_epoch, best, monitor, extractor)
+
+
+def _run_config(
+    config: FitConfig,
+    dataset: Any,
+    train_arr: Any,
+    val_arr: Any,
+    skipped: list[tuple[Path, str]],
+    replicas: int,
+    global_batch: int,
+) -> dict[str, Any]:
+    from .model import is_pretrained
+
+    size = config.input_size
+    training = config.to_dict()
+    for key in (
+        "alpha",
+        "input_size",
+        "embedding_dim",
+        "weights",
+        "dropout",
+        "head",
+        "scale",
+        "margin",
+    ):
+        training.pop(key, None)
+    training.update(
+        {
+            "replicas": replicas,
+            "global_batch_size": global_batch,
+            "lr_scaling": "linear in replicas (lr x replicas)",
+            "optimizer": "adam",
+            "augmentation": {
+                "enabled": config.augment,
+                **(AugmentParams(flip=config.flip).__dict__ if config.augment else {}),
+            },
+        }
+    )
+    return {
+        "format": RUN_FORMAT,
+        "format_version": RUN_FORMAT_VERSION,
+        "model": {
+            "backbone": "mobilenet_v2",
+            "alpha": config.alpha,
+            "input_size": size,
+            "embedding_dim": config.embedding_dim,
+            "head": config.head,
+            "scale": config.resolved_scale,
+            "margin": config.resolved_margin,
+            "dropout": config.dropout,
+            "weights": config.weights,
+            "backbone_batchnorm": (
+                "frozen: inference mode, ImageNet statistics and parameters kept"
+                if is_pretrained(config.weights)
+                else "trained (no pretrained weights)"
+            ),
+        },
+        "preprocessing": {
+            "input_size": [size, size],
+            "color_order": "RGB",
+            "resize": "area",
+            "pixel_range": [0, 255],
+            "normalization": "inside-model: x/127.5 - 1",
+        },
+        "classes": list(dataset.classes),
+        "training": training,
+        "data": {
+            "data_dir": str(Path(dataset.data_dir).resolve()),
+            "layout": dataset.layout,
+            "n_classes": len(dataset.classes),
+            "n_train": len(train_arr.labels),
+            "n_val": len(val_arr.labels),
+            "n_skipped": len(skipped),
+            "skipped": [f"{p}: {r}" for p, r in skipped],
+        },
+        "threshold": None,
+    }
+
+
+def write_history(history: list[dict[str, Any]], path: str | Path) -> Path:
+    path = Path(path)
+    with path.open("w", newline="", encoding="utf-8") as fh:
+        writer = csv.DictWriter(fh, fieldnames=HISTORY_COLUMNS, extrasaction="ignore")
+        writer.writeheader()
+        for row in history:
+            writer.writerow({k: row.get(k, "") for k in HISTORY_COLUMNS})
+    return path
+
+
+class _BestWeights(keras.callbacks.Callback):
+    """Keeps (in memory) the weights of the epoch with the lowest `monitor` over all stages."""
+
+    def __init__(self, monitor: str) -> None:
+        super().__init__()
+        self.monitor = monitor
+        self.best: float | None = None
+        self.best_epoch: int | None = None
+        self.weights: list[Any] | None = None
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        value = (logs or {}).get(self.monitor)
+        if value is None or value != value:  # missing or NaN
+            return
+        if self.best is None or float(value) < self.best:
+            self.best, self.best_epoch = float(value), epoch + 1
+            self.weights = self.model.get_weights()
+
+
+class _Recorder(keras.callbacks.Callback):
+    """Collects one row per epoch across stages (for history.csv and curves.png)."""
+
+    def __init__(self, rows: list[dict[str, Any]], stage: int, unfrozen: float) -> None:
+        super().__init__()
+        self.rows, self.stage, self.unfrozen = rows, stage, unfrozen
+        self._t0 = 0.0
+
+    def on_epoch_begin(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        self._t0 = time.monotonic()
+
+    def on_epoch_end(self, epoch: int, logs: dict[str, Any] | None = None) -> None:
+        logs = dict(logs or {})
+        lr = logs.pop("learning_rate", None)
+        if lr is None:
+            lr = float(self.model.optimizer.learning_rate)
+        row = {"epoch": epoch + 1, "stage": self.stage, "unfrozen": self.unfrozen, "lr": float(lr)}
+        row.update({k: float(v) for k, v in logs.items() if k in HISTORY_COLUMNS})
+        row["time_s"] = round(time.monotonic() - self._t0, 2)
+        self.rows.append(row)

@@ -1,0 +1,60 @@
+"""RUN_DIR: the files `training fit` writes and `convert` / `calibrate` / `evaluate` read."""
+
+from __future__ import annotations
+
+import json
+import os
+import tempfile
+from pathlib import Path
+from typing import Any
+
+CONFIG_FILE = "config.json"
+EXTRACTOR_FILE = "extractor.keras"
+MODEL_FILE = "model.keras"
+HISTORY_FILE = "history.csv"
+CURVES_FILE = "curves.png"
+RUN_FORMAT = "prodrec-run"
+RUN_FORMAT_VERSION = 1
+
+
+def _config_path(run_dir: str | Path) -> Path:
+    path = Path(run_dir)
+    return path if path.name == CONFIG_FILE else path / CONFIG_FILE
+
+
+def read_run_config(run_dir: str | Path) -> dict[str, Any]:
+    """config.json of a RUN_DIR (or its path). Raises ValueError when missing or not a run."""
+    path = _config_path(run_dir)
+    if not path.is_file():
+        raise ValueError(
+            f"{path} not found: is {Path(run_dir)} a RUN_DIR written by `training fit`?"
+        )
+    try:
+        cfg = json.loads(path.read_text(encoding="utf-8"))
+    except json.JSONDecodeError as exc:
+        raise ValueError(f"{path} is not valid JSON: {exc}") from exc
+    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+        raise ValueError(f"{path} is not a {RUN_FORMAT} config (format={cfg.get('format')!r})")
+    if cfg.get("format_version", 0) > RUN_FORMAT_VERSION:
+        raise ValueError(
+            f"{path} has format_version {cfg['format_version']}; this code reads up to "
+            f"{RUN_FORMAT_VERSION}: update prodrec"
+        )
+    return cfg
+
+
+def write_run_config(run_dir: str | Path, cfg: dict[str, Any]) -> Path:
+    """Write config.json atomically (temp file + rename): readers never see half a file."""
+    path = _config_path(run_dir)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as fh:
+            json.dump(cfg, fh, indent=2)
+            fh.write("\n")
+        os.chmod(tmp, 0o644)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+    return path
