@@ -235,7 +235,8 @@ def run_head(args: argparse.Namespace, step: Step, data_root: Path, command: str
     py = sys.executable
     start = time.monotonic()
     run_dir = args.out / "run"
-    if (run_dir / "extractor.keras").is_file():
+    fit_skipped = (run_dir / "extractor.keras").is_file()
+    if fit_skipped:
         step.skip("fit", run_dir / "extractor.keras")
     else:
         cmd = [
@@ -321,6 +322,10 @@ def run_head(args: argparse.Namespace, step: Step, data_root: Path, command: str
     wall = time.monotonic() - start
     model_cfg = cfg.get("model", {})
     training_cfg = cfg.get("training") or {}
+    if fit_skipped and training_cfg.get("time_s"):
+        # the fit ran earlier (resumed run): count the time it recorded, so the row is the whole pipeline
+        wall += float(training_cfg["time_s"])
+        step.note(f"fit time from config.json: {training_cfg['time_s']:.0f} s")
     epochs: Any = training_cfg.get("epochs", args.epochs)
     ran = training_cfg.get("epochs_run")
     if ran is not None and ran != epochs:
