@@ -1,7 +1,7 @@
 """How closely the converted model follows the Keras one: per-image cosine and P@1.
 
 P@1 is the device's decision rule without a threshold: a query is matched to the product whose best
-enrolled view has the highest cosine."""
+enrolled view has the highest cosine (`device.matcher.Matcher.product_scores`)."""
 
 from __future__ import annotations
 
@@ -42,17 +42,13 @@ def cosine_summary(cosines: np.ndarray) -> dict[str, Any]:
 def product_scores(
     gallery: np.ndarray, labels: Sequence[str], queries: np.ndarray
 ) -> tuple[list[str], np.ndarray]:
-    """(products in first-seen order, (Q, P) best-view cosine of each query to each product)."""
-    products = list(dict.fromkeys(labels))
-    if not products:
+    """(products in first-seen order, (Q, P) best-view cosine of each query to each product),
+    computed by the device's own matcher."""
+    from device.matcher import Matcher
+
+    if len(labels) == 0:
         raise ValueError("no enrolled images: P@1 needs an --enroll folder with images")
-    sims = l2_normalize(queries) @ l2_normalize(gallery).T  # (Q, N)
-    index = {p: i for i, p in enumerate(products)}
-    columns = np.array([index[label] for label in labels])
-    scores = np.full((sims.shape[0], len(products)), -np.inf, dtype=np.float32)
-    for j in range(len(products)):
-        scores[:, j] = sims[:, columns == j].max(axis=1)
-    return products, scores
+    return Matcher(gallery, list(labels), threshold=0.0).product_scores(queries)
 
 
 def precision_at_1(

@@ -4,10 +4,11 @@
     python -m device run ... | python demo/demo.py show --truth WORK/scene.json --events FILE
     python demo/demo.py report --truth WORK/scene.json --events FILE --enrolled demo/enroll
 
-The scene is the photos of demo/scene/<product>/*.jpg composited one at a time onto
-demo/background.jpg by `device.synthetic` (sensor noise, slow lighting drift), each product placed
-and removed twice in an interleaved order. Products with no folder in demo/enroll are never
-enrolled: the device must report them as unknown.
+The scene places the products of demo/enroll/<product>/ (their 2nd and 4th photos: the product
+is put down again in front of the camera it was enrolled with) and the never-enrolled products of
+demo/unknown/<product>/, one at a time, onto demo/background.jpg by `device.synthetic` (other
+positions and sizes, sensor noise, slow lighting drift), each product placed and removed twice in an
+interleaved order. The device must name the enrolled ones and report the others as unknown.
 """
 
 from __future__ import annotations
@@ -42,16 +43,40 @@ def scene_order(photos: dict[str, list[Path]]) -> list[tuple[str, Path]]:
     return order
 
 
-def build_scene(
-    photos_dir: Path, background_path: Path, out: Path, *, seed: int = 0, fps: float = FPS
-) -> Path:
-    from device.images import list_images, load_image
-    from device.synthetic import SyntheticScene, SyntheticSource, make_schedule, write_frames
+ENROLLED_SHOTS_IN_SCENE = (1, 3)  # indices into each enrolled product's sorted photos
 
-    photos = {sub.name: list_images(sub) for sub in sorted(photos_dir.iterdir()) if sub.is_dir()}
+
+def scene_photos(enroll_dir: Path, unknown_dir: Path) -> dict[str, list[Path]]:
+    """Product -> the photos the scene places: two enrollment shots of each enrolled product (the
+    same item put down again; other positions, sizes, noise and lighting in the scene) and every
+    photo of the never-enrolled products."""
+    from device.images import list_images
+
+    photos: dict[str, list[Path]] = {}
+    for sub in sorted(p for p in enroll_dir.iterdir() if p.is_dir()):
+        shots = list_images(sub)
+        photos[sub.name] = [shots[i] for i in ENROLLED_SHOTS_IN_SCENE if i < len(shots)]
+    for sub in sorted(p for p in unknown_dir.iterdir() if p.is_dir()):
+        photos[sub.name] = list_images(sub)
     photos = {k: v for k, v in photos.items() if v}
     if not photos:
-        raise ValueError(f"{photos_dir} holds no <product>/*.jpg folders")
+        raise ValueError(f"{enroll_dir} and {unknown_dir} hold no <product>/*.jpg folders")
+    return photos
+
+
+def build_scene(
+    enroll_dir: Path,
+    unknown_dir: Path,
+    background_path: Path,
+    out: Path,
+    *,
+    seed: int = 0,
+    fps: float = FPS,
+) -> Path:
+    from device.images import load_image
+    from device.synthetic import SyntheticScene, SyntheticSource, make_schedule, write_frames
+
+    photos = scene_photos(enroll_dir, unknown_dir)
     background = load_image(background_path)
     height, width = background.shape[:2]
     order = [(label, load_image(path)) for label, path in scene_order(photos)]
@@ -97,8 +122,8 @@ def describe(event: dict[str, Any], truth: Sequence[dict[str, Any]], enrolled: s
     if event["status"] == "ambiguous":
         what = f"AMBIGUOUS ({event['best']}?)"
     elif event["status"] != "known":
-        what = "UNKNOWN"
-    line = f"[{seconds:5.1f} s] {what:<26} score {event['score']:.3f}"
+        what = f"UNKNOWN (best: {event['best']})"
+    line = f"[{seconds:5.1f} s] {what:<34} score {event['score']:.3f}"
     if event.get("runner_up"):
         line += f"  (runner-up {event['runner_up']} {event['runner_up_score']:.3f})"
     line += f"  {event['latency_ms']:.0f} ms"
@@ -204,7 +229,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="demo/demo.py", description=__doc__.split("\n\n")[0])
     sub = parser.add_subparsers(dest="cmd", required=True)
     p = sub.add_parser("scene", help="render the demo scene to a video + ground-truth JSON")
-    p.add_argument("--photos", type=Path, default=DEMO_DIR / "scene")
+    p.add_argument("--enroll", type=Path, default=DEMO_DIR / "enroll")
+    p.add_argument("--unknown", type=Path, default=DEMO_DIR / "unknown")
     p.add_argument("--background", type=Path, default=DEMO_DIR / "background.jpg")
     p.add_argument("--out", type=Path, required=True, help="video file (.avi)")
     p.add_argument("--seed", type=int, default=0)
@@ -216,7 +242,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
 
     if args.cmd == "scene":
-        out = build_scene(args.photos, args.background, args.out, seed=args.seed)
+        out = build_scene(args.enroll, args.unknown, args.background, args.out, seed=args.seed)
         truth = load_truth(out.with_suffix(".json"))
         labels = sorted({p["label"] for p in truth})
         print(f"scene: {len(truth)} placements of {len(labels)} products -> {out}")

@@ -25,8 +25,9 @@ A `model.json` looks like:
     }
 
 How the device turns a crop into the model's input (see `device.preprocess.prepare`):
-  BGR crop -> colour order -> resize to height x width (`resize`: "area" shrinks with
-  cv2.INTER_AREA, "linear" uses cv2.INTER_LINEAR) -> float pixels in 0..255 ->
+  BGR crop -> colour order -> resize to height x width (`resize`: "area" shrinks by 2x or more
+  with cv2.INTER_AREA and by less with cv2.INTER_LINEAR; "linear" always uses cv2.INTER_LINEAR)
+  -> float pixels in 0..255 ->
   x * normalization.scale + normalization.offset -> for integer inputs quantised with
   `quantization` (q = round(x / scale + zero_point)) -> dtype.
 The project's own extractors take raw 0..255 RGB pixels and normalise inside the network, so the

@@ -13,7 +13,11 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import tomllib
+try:
+    import tomllib
+except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
+    import tomli as tomllib  # type: ignore[no-redef]
+
 
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
@@ -47,7 +51,7 @@ class DetectorConfig:
     threshold: int = 28  # grey-level difference (0..255) that counts as changed
     morph: int = 3  # morphology open/close kernel (pixels of the downscaled frame)
     min_area: float = 0.01  # smallest object as a fraction of the region of interest
-    pad: float = 0.1  # square crop padding around the object, fraction of its longer side
+    pad: float = 0.03  # square crop padding, fraction of the longer side (small: see default_config)
     lighting_compensation: bool = True  # divide out a global brightness change before differencing
 
 

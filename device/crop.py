@@ -21,7 +21,7 @@ def iou(a: Box, b: Box) -> float:
     return inter / union if union > 0 else 0.0
 
 
-def square_box(box: Box, frame_shape: tuple[int, ...], pad: float = 0.1) -> Box:
+def square_box(box: Box, frame_shape: tuple[int, ...], pad: float = 0.03) -> Box:
     """A square around `box`, its side the box's longer side plus `pad` of it on each side,
     shifted (not shrunk) to stay inside the frame when it can, clipped when it cannot."""
     fh, fw = frame_shape[:2]
@@ -47,7 +47,7 @@ def crop(frame: np.ndarray, box: Box) -> np.ndarray:
     return frame[y0:y1, x0:x1]
 
 
-def object_crop(frame: np.ndarray, box: Box, pad: float = 0.1) -> tuple[np.ndarray, Box]:
+def object_crop(frame: np.ndarray, box: Box, pad: float = 0.03) -> tuple[np.ndarray, Box]:
     """The padded square crop of an object box, at full resolution, and the crop's box."""
     sq = square_box(box, frame.shape, pad)
     return crop(frame, sq), sq

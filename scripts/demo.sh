@@ -1,7 +1,7 @@
 #!/usr/bin/env bash
 # The whole loop in about a minute, on any machine, no camera needed:
 #   1. sets up .venv with the device's requirements (numpy, OpenCV, LiteRT) if needed
-#   2. renders the demo scene: real product photos (demo/scene) placed and removed, one at a time,
+#   2. renders the demo scene: real product photos (demo/enroll, demo/unknown) placed and removed,
 #      in front of a static background, with sensor noise and slow lighting drift
 #   3. enrolls the products of demo/enroll from their photos into a temporary product database
 #      (one product of the scene is never enrolled)
@@ -47,8 +47,8 @@ if [ -z "$PY" ]; then
     || die "pip could not install requirements.txt into .venv (network? see the error above)"
   PY=.venv/bin/python
 fi
-"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 11))' \
-  || die "$("$PY" -V 2>&1) is too old: the device needs Python 3.11 or newer (tomllib)"
+"$PY" -c 'import sys; sys.exit(sys.version_info < (3, 10))' \
+  || die "$("$PY" -V 2>&1) is too old: the device needs Python 3.10 or newer"
 
 # --- the model -----------------------------------------------------------------------------------
 if [ ! -f "$MODEL/model.json" ] || [ ! -f "$MODEL/model.tflite" ]; then
@@ -64,13 +64,13 @@ export TF_CPP_MIN_LOG_LEVEL=2
 DB="$WORK/products.db"
 
 # --- 2. the scene --------------------------------------------------------------------------------
-step "rendering the demo scene from the photos in demo/scene"
+step "rendering the demo scene from the photos in demo/enroll and demo/unknown"
 "$PY" demo/demo.py scene --out "$WORK/scene.avi"
 
 # --- 3. enrollment -------------------------------------------------------------------------------
 step "enrolling the products of demo/enroll from photos (model: $MODEL)"
 "$PY" -m device enroll --from-images demo/enroll --model "$MODEL" --db "$DB" --log-level WARNING
-"$PY" -m device products --model "$MODEL" --db "$DB" --log-level WARNING list
+"$PY" -m device products list --model "$MODEL" --db "$DB" --log-level WARNING
 
 # --- 4. recognition ------------------------------------------------------------------------------
 step "running the device app on the scene (python -m device run); one line per placement"

@@ -134,11 +134,13 @@ fi
 if live && [ -x "$VENV/bin/python" ]; then
   echo "   $VENV exists"
 else
-  sys python3 -m venv --system-site-packages "$VENV"
+  # --clear: a venv whose python is gone (e.g. after an OS upgrade) is rebuilt, not patched.
+  sys python3 -m venv --system-site-packages --clear "$VENV"
 fi
 # Pin numpy to apt's: picamera2 (and simplejpeg) from apt are compiled against it, and a pip numpy
 # in the venv would shadow it ("numpy.dtype size changed" / "compiled against ABI version").
 CONSTRAINTS="$OPT/constraints.txt"
+act mkdir -p "$OPT"
 if live; then
   apt_numpy=$(/usr/bin/python3 -c 'import numpy; print(numpy.__version__)') \
     || die "apt's python3-numpy does not import; reinstall it: apt-get install --reinstall python3-numpy"
@@ -147,6 +149,13 @@ if live; then
     "$apt_numpy" > "$CONSTRAINTS"
 else
   echo "+ write $CONSTRAINTS: numpy==<version of apt's python3-numpy>"
+fi
+# A numpy that pip once put inside the venv shadows apt's: remove it (the usual cause of
+# "numpy.dtype size changed" after someone ran `pip install numpy` there).
+if live && "$VENV/bin/python" -c \
+    'import sys, numpy; sys.exit(0 if numpy.__file__.startswith(sys.prefix) else 1)' 2>/dev/null; then
+  echo "   a pip-installed numpy in $VENV shadows apt's: removing it"
+  sys "$VENV/bin/python" -m pip uninstall -y numpy
 fi
 sys "$VENV/bin/python" -m pip install --disable-pip-version-check --upgrade \
   -r "$SRC/systemd/requirements-pi.txt" -c "$CONSTRAINTS"

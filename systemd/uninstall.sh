@@ -67,7 +67,15 @@ echo "== stopping and disabling $NAME.service"
 # `|| true`: a unit that is already gone or stopped is what we want.
 sys systemctl disable --now "$NAME.service" || true
 act rm -f "$UNIT_DIR/$NAME.service"
-act rm -rf "$UNIT_DIR/$NAME.service.d"
+# Our drop-in goes; the admin's own (`systemctl edit prodrec`: override.conf) stays unless --purge,
+# so a reinstall keeps their customisation.
+DROPIN_DIR="$UNIT_DIR/$NAME.service.d"
+if [ "$PURGE" = 1 ]; then
+  act rm -rf "$DROPIN_DIR"
+else
+  act rm -f "$DROPIN_DIR/restart-backoff.conf"
+  if [ -d "$DROPIN_DIR" ] && [ -z "$(ls -A "$DROPIN_DIR")" ]; then act rmdir "$DROPIN_DIR"; fi
+fi
 sys systemctl daemon-reload
 sys systemctl reset-failed "$NAME.service" || true
 

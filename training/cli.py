@@ -169,10 +169,12 @@ def run_fit(args: argparse.Namespace) -> int:
 
     result = fit(args.data_dir, args.out, cfg, progress=not args.quiet, overwrite=args.overwrite)
     t = result.config["training"]
+    best = result.best_value if result.best_value is not None else float("nan")
+    skipped = result.config["data"]["n_skipped"]
     print(
         f"run written to {result.run_dir}: {t['epochs_run']} epochs in {t['time_s']} s, best "
-        f"{result.monitor} {result.best_value if result.best_value is not None else float('nan'):.4f}"
-        f" (epoch {result.best_epoch}); extractor: {result.run_dir / 'extractor.keras'}"
+        f"{result.monitor} {best:.4f} (epoch {result.best_epoch}); "
+        f"{skipped} file(s) skipped; extractor: {result.run_dir / 'extractor.keras'}"
     )
     return 0
 

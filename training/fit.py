@@ -31,6 +31,7 @@ from .run import (
     MODEL_FILE,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
+    SAMPLES_FILE,
     write_run_config,
 )
 
@@ -94,7 +95,7 @@ def fit(
 
     from .heads import make_loss
     from .model import build_extractor, build_training_model, is_pretrained, set_backbone_trainable
-    from .plots import plot_curves
+    from .plots import plot_curves, plot_samples
     from .strategy import is_chief, make_strategy
 
     keras.utils.set_random_seed(config.seed)
@@ -214,6 +215,9 @@ def fit(
         model.set_weights(keeper.weights)
         log.info("restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best)
     best = keeper.best
+    bn_recalibration = None
+    if not pretrained:
+        bn_recalibration = _recalibrate_batchnorm(extractor, train_arr.images, size, global_batch)
 
     run_cfg = _run_config(config, dataset, train_arr, val_arr, skipped, replicas, global_batch)
     run_cfg["training"].update(
@@ -224,6 +228,7 @@ def fit(
             "best_epoch": best_epoch,
             "best_" + monitor: best,
             "time_s": round(time.monotonic() - t_start, 1),
+            "bn_recalibration": bn_recalibration,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         }
@@ -231,6 +236,9 @@ def fit(
     extractor.save(run_dir / EXTRACTOR_FILE)
     model.save(run_dir / MODEL_FILE)
     write_history(history, run_dir / HISTORY_FILE)
+    if config.augment:
+        x, y = next(iter(train_pipeline(train_arr, size, 16, params=params, seed=config.seed)))
+        plot_samples(x.numpy(), y.numpy(), dataset.classes, run_dir / SAMPLES_FILE)
     plot_curves(
         history,
         run_dir / CURVES_FILE,
@@ -291,9 +299,10 @@ def _run_config(
             "dropout": config.dropout,
             "weights": config.weights,
             "backbone_batchnorm": (
-                "frozen: inference mode, ImageNet statistics and parameters kept"
+                "frozen: inference mode, pretrained statistics and parameters kept"
                 if is_pretrained(config.weights)
-                else "trained (no pretrained weights)"
+                else "trained (no pretrained weights); moving statistics re-estimated over the "
+                "un-augmented training images after training (training.bn_recalibration)"
             ),
         },
         "preprocessing": {
@@ -316,6 +325,34 @@ def _run_config(
         },
         "threshold": None,
     }
+
+
+def _recalibrate_batchnorm(
+    extractor: Any, images: Any, size: int, batch_size: int
+) -> dict[str, Any]:
+    """BN recalibration of a from-scratch extractor (see `model.recalibrate_batchnorm`) over the
+    training images, resized to the input size as the un-augmented pipeline does."""
+    import tensorflow as tf
+
+    from .model import recalibrate_batchnorm
+
+    def prepare(batch: Any) -> Any:
+        x = tf.cast(batch, tf.float32)
+        if batch.shape[1:3] != (size, size):
+            x = tf.image.resize(x, (size, size), method="area")
+        return x
+
+    info = recalibrate_batchnorm(extractor, images, batch_size, prepare=prepare)
+    log.info(
+        "BN recalibration (backbone not pretrained): moving statistics of %d BatchNormalization "
+        "layers re-estimated over %d un-augmented training images (%d batches of %d) in %.1f s",
+        info["layers"],
+        info["images"],
+        info["batches"],
+        batch_size,
+        info["time_s"],
+    )
+    return info
 
 
 def write_history(history: list[dict[str, Any]], path: str | Path) -> Path:

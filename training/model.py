@@ -14,10 +14,13 @@ import logging
 import math
 import os
 import re
+import time
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from .config import validate_backbone
 from .heads import make_head
@@ -189,6 +192,72 @@ def set_backbone_trainable(extractor: keras.Model, fraction: float, freeze_bn: b
             train = False
         layer.trainable = train
     return sum(int(math.prod(w.shape)) for w in backbone.trainable_weights)
+
+
+def batchnorm_layers(extractor: keras.Model) -> list[keras.layers.BatchNormalization]:
+    """Every BatchNormalization layer of the extractor: the backbone's and `embedding_bn`."""
+    found: list[keras.layers.BatchNormalization] = []
+
+    def walk(layer: keras.layers.Layer) -> None:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            found.append(layer)
+        for sub in getattr(layer, "layers", ()):
+            walk(sub)
+
+    for layer in extractor.layers:
+        walk(layer)
+    return found
+
+
+def recalibrate_batchnorm(
+    extractor: keras.Model,
+    images: np.ndarray,
+    batch_size: int,
+    *,
+    prepare: Callable[[np.ndarray], Any] | None = None,
+) -> dict[str, Any]:
+    """Re-estimate every BatchNormalization layer's moving mean and variance as the average, over
+    `images` (N, H, W, 3), of the batch statistics the layer computes in training mode.
+
+    Why: a backbone trained from scratch uses batch statistics while it trains, but its moving
+    statistics (momentum 0.99) hardly move in a short run, so in inference mode every image gets
+    nearly the same embedding. Only the moving statistics change; dropout is off for the pass.
+    `prepare` maps a uint8 batch to the model's input (e.g. a resize). Returns what was done."""
+    started = time.monotonic()
+    norms = batchnorm_layers(extractor)
+    dropouts = [layer for layer in extractor.layers if isinstance(layer, keras.layers.Dropout)]
+    saved = [(layer, layer.momentum, layer.trainable) for layer in norms]
+    rates = [(layer, layer.rate) for layer in dropouts]
+    n, seen, batches = len(images), 0, 0
+    try:
+        for layer in dropouts:
+            layer.rate = 0.0
+        for layer in norms:
+            layer.trainable = True  # Keras runs a non-trainable BN layer in inference mode
+        for start in range(0, n, max(1, batch_size)):
+            batch = images[start : start + batch_size]
+            # Cumulative average: moving = moving * seen/(seen+b) + batch_stat * b/(seen+b).
+            momentum = seen / (seen + len(batch))
+            for layer in norms:
+                layer.momentum = momentum
+            x = prepare(batch) if prepare is not None else batch.astype(np.float32)
+            extractor(x, training=True)
+            seen += len(batch)
+            batches += 1
+    finally:
+        for layer, momentum, trainable in saved:
+            layer.momentum = momentum
+            layer.trainable = trainable
+        for layer, rate in rates:
+            layer.rate = rate
+    return {
+        "layers": len(norms),
+        "images": seen,
+        "batch_size": batch_size,
+        "batches": batches,
+        "method": "average of training-mode batch statistics, un-augmented images, no dropout",
+        "time_s": round(time.monotonic() - started, 2),
+    }
 
 
 def load_extractor(path: str | Path) -> keras.Model:

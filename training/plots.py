@@ -57,3 +57,30 @@ def _mark_stages(ax: Any, history: Sequence[dict[str, Any]]) -> None:
                 color="grey",
             )
         prev = r["stage"]
+
+
+def plot_samples(
+    images: Any, labels: Sequence[int], classes: Sequence[str], path: str | Path, cols: int = 8
+) -> Path:
+    """A grid of (augmented) training inputs as the network sees them, for a visual check."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    images = np.clip(np.asarray(images, dtype=np.float32), 0, 255).astype(np.uint8)
+    n = len(images)
+    rows = max(1, -(-n // cols))
+    fig, axes = plt.subplots(rows, cols, figsize=(cols * 1.6, rows * 1.8), squeeze=False)
+    for i, ax in enumerate(axes.flat):
+        ax.axis("off")
+        if i < n:
+            ax.imshow(images[i])
+            ax.set_title(str(classes[int(labels[i])])[:18], fontsize=6)
+    fig.suptitle("training inputs after augmentation", fontsize=9)
+    fig.tight_layout()
+    path = Path(path)
+    fig.savefig(path, dpi=90)
+    plt.close(fig)
+    return path

@@ -13,6 +13,7 @@ EXTRACTOR_FILE = "extractor.keras"
 MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
+SAMPLES_FILE = "augmentation.png"
 RUN_FORMAT = "prodrec-run"
 RUN_FORMAT_VERSION = 1
 

@@ -18,6 +18,8 @@ LITERT = ("ai_edge_litert", "ai_edge_litert.interpreter")
 TFLITE_RUNTIME = ("tflite_runtime", "tflite_runtime.interpreter")
 TENSORFLOW = ("tensorflow", "tensorflow.lite")
 
+pytestmark = pytest.mark.filterwarnings("ignore:.*tf.lite.Interpreter is deprecated")
+
 
 def _uninstall(monkeypatch: pytest.MonkeyPatch, *names: str) -> None:
     # A None entry in sys.modules makes `import name` raise ImportError, as if not installed.

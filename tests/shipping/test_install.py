@@ -51,7 +51,7 @@ def test_dry_run_prints_every_action_and_changes_nothing(tmp_path: Path, bundle:
         "apt-get install -y --no-install-recommends python3 python3-venv python3-pip "
         "python3-numpy python3-picamera2",
         "useradd --system --user-group --groups video",
-        f"python3 -m venv --system-site-packages {root}/opt/prodrec/venv",
+        f"python3 -m venv --system-site-packages --clear {root}/opt/prodrec/venv",
         f"pip install --disable-pip-version-check --upgrade -r {REPO}/systemd/requirements-pi.txt "
         f"-c {root}/opt/prodrec/constraints.txt",
         f"cp -R {REPO}/device {root}/opt/prodrec/app.new/device",
@@ -101,6 +101,16 @@ def test_root_install_upgrade_and_uninstall(tmp_path: Path, bundle: Path) -> Non
     )
     assert check.returncode == 0, check.stderr
     assert check.stdout.strip().startswith(str(app))
+    # The unit's ExecStartPre, with the installed code, accepts the installed configuration.
+    validate = subprocess.run(
+        [sys.executable, "-m", "device", "run", "--validate-config", "--config", str(config)],
+        capture_output=True,
+        text=True,
+        cwd=app,
+        env={**os.environ, "PYTHONPATH": str(app)},
+    )
+    assert validate.returncode == 0, validate.stderr
+    assert validate.stdout.startswith("OK")
 
     # Upgrade: the user's config and model and the product database are kept; code is replaced.
     config.write_text("# edited by the user\n")
@@ -123,6 +133,8 @@ def test_root_install_upgrade_and_uninstall(tmp_path: Path, bundle: Path) -> Non
     # Back on an old systemd the drop-in would only produce warnings: removed.
     assert run(INSTALL, "--root", str(root), "--no-apt").returncode == 0
     assert not dropin.exists()
+    override = root / "etc/systemd/system/prodrec.service.d/override.conf"
+    override.write_text("[Service]\nEnvironment=FOO=1\n")  # the admin's `systemctl edit`
 
     # Uninstall keeps the product database, the model and the config...
     proc = run(UNINSTALL, "--root", str(root))
@@ -131,11 +143,13 @@ def test_root_install_upgrade_and_uninstall(tmp_path: Path, bundle: Path) -> Non
     assert not (root / "usr/local/bin/prodrec").exists()
     assert (root / "var/lib/prodrec/gallery.db").read_bytes() == b"products"
     assert config.exists()
+    assert override.exists()
     # ... and --purge deletes them.
     proc = run(UNINSTALL, "--root", str(root), "--purge")
     assert proc.returncode == 0, proc.stderr
     assert "userdel prodrec    [skipped: --root]" in proc.stdout
     assert not (root / "var/lib/prodrec").exists() and not (root / "etc/prodrec").exists()
+    assert not override.exists()
 
 
 def test_missing_model_is_a_warning_not_a_failure(tmp_path: Path) -> None:

@@ -196,11 +196,15 @@ def test_a_full_queue_never_blocks_the_loop(
     with Notifier(env=env, clock=clock) as n:
         t0 = time.monotonic()
         sent = 0
-        for _ in range(500):  # far more than net.unix.max_dgram_qlen (10 by default)
+        for _ in range(100_000):  # the queue holds net.unix.max_dgram_qlen (10 by default)
             clock.now += 1.0
-            sent += n.watchdog()
-        assert time.monotonic() - t0 < 2.0
-        assert 0 < sent < 500
+            if not n.watchdog():
+                break
+            sent += 1
+        else:
+            pytest.fail("the receiver's queue never filled up")
+        assert sent > 0
+        assert time.monotonic() - t0 < 5.0
         assert n.status("queue full") is False
         assert len(_receive_all(sock)) == sent  # drained: the next ones go through again
         clock.now += 1.0

@@ -25,11 +25,12 @@ TINY = FitConfig(
     input_size=96,
     embedding_dim=16,
     weights=None,
-    epochs=3,
-    frozen_epochs=1,
+    epochs=8,
+    frozen_epochs=6,
     unfreeze=(0.25,),
+    lr=5e-3,
     finetune_lr=1e-3,
-    batch_size=16,
+    batch_size=8,
     seed=0,
 )
 
@@ -47,14 +48,27 @@ def tiny_fit(tmp_path_factory: pytest.TempPathFactory) -> FitResult:
 
 def test_training_loss_goes_down(tiny_fit: FitResult) -> None:
     losses = [row["loss"] for row in tiny_fit.history]
-    assert len(losses) == 3
-    assert losses[-1] < losses[0]
+    stages = [row["stage"] for row in tiny_fit.history]
+    assert stages == [0] * 6 + [1] * 2
     assert all(np.isfinite(losses))
+    # Measured: ~50 -> ~35 over the 6 frozen epochs (seeds 0 and 1), with augmentation on.
+    assert losses[5] < 0.85 * losses[0]
+    assert losses[5] < losses[1] < losses[0] + 5
+    # No claim on the unfrozen stage here: without pretrained weights, unfreezing switches the
+    # backbone's BatchNormalization layers from (untrained) moving statistics to batch statistics,
+    # so the features, and the loss, jump. With ImageNet weights BN stays frozen (see model.py).
 
 
 def test_run_dir_is_complete(tiny_fit: FitResult) -> None:
     run = tiny_fit.run_dir
-    for name in ("extractor.keras", "model.keras", "config.json", "history.csv", "curves.png"):
+    for name in (
+        "extractor.keras",
+        "model.keras",
+        "config.json",
+        "history.csv",
+        "curves.png",
+        "augmentation.png",
+    ):
         assert (run / name).is_file(), name
     assert (run / "curves.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     cfg = read_run_config(run)
@@ -67,11 +81,11 @@ def test_run_dir_is_complete(tiny_fit: FitResult) -> None:
     assert cfg["data"]["n_train"] + cfg["data"]["n_val"] == 64
     assert cfg["data"]["n_skipped"] == 1 and "corrupt.jpg" in cfg["data"]["skipped"][0]
     t = cfg["training"]
-    assert t["epochs"] == 3 and t["batch_size"] == 16 and t["seed"] == 0
+    assert t["epochs"] == 8 and t["batch_size"] == 8 and t["seed"] == 0
     assert [s["unfrozen_fraction"] for s in t["stages"]] == [0.0, 0.25]
     with (run / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
-    assert [r["stage"] for r in rows] == ["0", "1", "1"]
+    assert [r["stage"] for r in rows] == ["0"] * 6 + ["1"] * 2
     assert {"loss", "val_loss", "accuracy", "val_accuracy", "lr"} <= set(rows[0])
 
 
@@ -87,6 +101,24 @@ def test_saved_extractor_reloads_to_identical_embeddings(tiny_fit: FitResult) ->
     np.testing.assert_allclose(np.linalg.norm(got, axis=1), 1.0, atol=1e-4)
     full = keras.saving.load_model(tiny_fit.run_dir / "model.keras")
     assert len(full.inputs) == 1 and full.output_shape == (None, 8)
+
+
+def test_from_scratch_fit_gives_distinct_embeddings(tiny_fit: FitResult) -> None:
+    # Without pretrained weights the backbone's BatchNormalization moving statistics (momentum
+    # 0.99) barely move in a short fit; fit re-estimates them over the training images before it
+    # saves. Without that, every fixture image got the same embedding (mean pairwise cosine 1.0000,
+    # measured); with it, ~0.2.
+    cfg = read_run_config(tiny_fit.run_dir)
+    recal = cfg["training"]["bn_recalibration"]
+    assert recal["layers"] == 53 and recal["images"] == cfg["data"]["n_train"]
+    assert "re-estimated" in cfg["model"]["backbone_batchnorm"]
+    ds = scan_dataset(FIXTURE / "test", val_split=0)
+    arrays, _ = decode_items(ds.train, 96, progress=False)
+    emb = load_extractor(tiny_fit.run_dir)(arrays.images.astype(np.float32), training=False)
+    cos = np.asarray(emb) @ np.asarray(emb).T
+    off_diagonal = cos[~np.eye(len(cos), dtype=bool)]
+    assert off_diagonal.mean() < 0.9, off_diagonal.mean()
+    assert off_diagonal.min() < 0.5, off_diagonal.min()  # some pairs clearly apart
 
 
 def test_write_run_config_is_atomic_and_round_trips(tiny_fit: FitResult, tmp_path: Path) -> None:

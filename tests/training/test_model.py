@@ -16,6 +16,7 @@ from training.model import (  # noqa: E402
     build_training_model,
     get_backbone,
     load_extractor,
+    recalibrate_batchnorm,
     set_backbone_trainable,
 )
 
@@ -37,7 +38,7 @@ def test_extractor_has_one_image_input_and_unit_outputs(extractor: keras.Model) 
     assert len(extractor.inputs) == 1
     assert tuple(extractor.inputs[0].shape) == (None, 96, 96, 3)
     assert extractor.inputs[0].dtype == "float32"
-    emb = extractor.predict(_images(), verbose=0)
+    emb = extractor(_images(), training=False).numpy()
     assert emb.shape == (4, 16) and emb.dtype == np.float32
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
 
@@ -46,17 +47,17 @@ def test_extractor_has_one_image_input_and_unit_outputs(extractor: keras.Model) 
 def test_embedding_does_not_depend_on_the_label(extractor: keras.Model, head: str) -> None:
     model = build_training_model(extractor, head, num_classes=3)
     assert len(model.inputs) == 1  # the label is never a model input
-    model.compile(loss=make_loss(head, 64.0 if head != "softmax" else None, 0.5))
+    loss = make_loss(head, 64.0 if head != "softmax" else None, 0.5)
     x = _images()
     labels_a = np.array([0, 1, 2, 0])
     labels_b = np.array([2, 2, 1, 1])
     # The same forward pass serves any labels: the outputs are identical, only the loss differs.
-    out_a = model(x, training=False).numpy()
-    emb_a = extractor(x, training=False).numpy()
-    loss_a = model.evaluate(x, labels_a, verbose=0)
-    loss_b = model.evaluate(x, labels_b, verbose=0)
-    np.testing.assert_array_equal(model(x, training=False).numpy(), out_a)
-    np.testing.assert_array_equal(extractor(x, training=False).numpy(), emb_a)
+    out = model(x, training=False)
+    emb = extractor(x, training=False).numpy()
+    loss_a = float(loss(labels_a, out))
+    loss_b = float(loss(labels_b, out))
+    np.testing.assert_array_equal(model(x, training=False).numpy(), out.numpy())
+    np.testing.assert_array_equal(extractor(x, training=False).numpy(), emb)
     assert loss_a != pytest.approx(loss_b)
 
 
@@ -70,7 +71,7 @@ def test_saved_extractor_reloads_with_one_input_and_same_embeddings(
         assert len(loaded.inputs) == 1 and len(loaded.outputs) == 1
         x = _images(seed=3)
         np.testing.assert_allclose(
-            loaded.predict(x, verbose=0), extractor.predict(x, verbose=0), atol=1e-6
+            loaded(x, training=False).numpy(), extractor(x, training=False).numpy(), atol=1e-6
         )
 
 
@@ -114,3 +115,25 @@ def test_stage_plan_splits_total_epochs() -> None:
     assert sum(n for _, n, _ in plan) == 12
     assert plan[0][2] == 1e-3 and plan[1][2] == 1e-4 and plan[2][2] == 5e-5
     assert stage_plan(FitConfig(weights=None, epochs=2, frozen_epochs=3)) == [(0.0, 2, 1e-3)]
+
+
+def test_bn_recalibration_averages_batch_statistics_like_a_numpy_loop() -> None:
+    keras.utils.set_random_seed(0)
+    inputs = keras.Input((3,))
+    x = keras.layers.Dense(4, name="dense")(inputs)
+    x = keras.layers.Dropout(0.5, name="dropout")(x)
+    bn = keras.layers.BatchNormalization(name="bn")
+    model = keras.Model(inputs, bn(x))
+    bn.trainable = False  # a frozen layer is re-estimated too, then left frozen
+    data = np.random.default_rng(0).normal(3.0, 2.0, size=(10, 3)).astype(np.float32)
+    info = recalibrate_batchnorm(model, data, batch_size=4)
+    feats = np.asarray(model.get_layer("dense")(data))
+    batches = [feats[i : i + 4] for i in range(0, 10, 4)]  # 4, 4, 2 images; no dropout
+    sizes = np.array([len(b) for b in batches], np.float64)[:, None]
+    want_mean = (np.stack([b.mean(0) for b in batches]) * sizes).sum(0) / sizes.sum()
+    want_var = (np.stack([b.var(0) for b in batches]) * sizes).sum(0) / sizes.sum()
+    np.testing.assert_allclose(np.asarray(bn.moving_mean), want_mean, rtol=1e-4, atol=1e-5)
+    np.testing.assert_allclose(np.asarray(bn.moving_variance), want_var, rtol=1e-4, atol=1e-5)
+    assert (info["layers"], info["images"], info["batches"]) == (1, 10, 3)
+    assert bn.momentum == 0.99 and not bn.trainable
+    assert model.get_layer("dropout").rate == 0.5
