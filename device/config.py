@@ -51,7 +51,9 @@ class DetectorConfig:
     threshold: int = 28  # grey-level difference (0..255) that counts as changed
     morph: int = 3  # morphology open/close kernel (pixels of the downscaled frame)
     min_area: float = 0.01  # smallest object as a fraction of the region of interest
-    pad: float = 0.03  # square crop padding, fraction of the longer side (small: see default_config)
+    pad: float = (
+        0.03  # square crop padding, fraction of the longer side (small: see default_config)
+    )
     lighting_compensation: bool = True  # divide out a global brightness change before differencing
 
 
