@@ -3,17 +3,18 @@
 - `fixture_dir`: tests/fixtures/grocery ({train,test}/<class>/*.jpg, 8 classes).
 - `tiny_run_dir`: a RUN_DIR from a literal tiny `training.fit` on the fixture's train/ images
   (MobileNetV2 alpha 0.35, 96 px, weights=None, embedding 32, 2 epochs with the top quarter of the
-  backbone unfrozen, seed 0) with a threshold calibrated by `training.calibrate` (or, if
-  calibration cannot run on so few images, a fixed one recorded with method "test-fixture").
+  backbone unfrozen, seed 0) with a threshold calibrated by `training.calibrate`.
   Its embeddings differ from image to image because `fit` re-estimates the BatchNormalization
   statistics of a from-scratch backbone after training (config.json `training.bn_recalibration`),
   but it is a near-random network: a judge of mechanics, not of recognition.
 - `tiny_bundle_dir`: the int8 bundle `python -m convert` makes of `tiny_run_dir`, calibrated on the
   fixture's train/ images, written with `force=True`: a near-random MobileNetV2 does not survive
-  int8 quantisation (mean Keras/int8 cosine ~0.6 on the fixture, measured; the benchmark's trained
+  int8 quantisation (mean Keras/int8 cosine 0.56 on the fixture, measured; the benchmark's trained
   model reaches 0.99), so its parity is recorded as failed and `provenance.forced` is true. It is a
   real, loadable uint8-input bundle for mechanics tests, not a judge of accuracy; int8 parity above
   the bar is tested in tests/convert with an extractor that quantises well.
+- `default_bundle_dir`: models/default, the project's committed default int8 bundle (a real
+  trained MobileNetV2 ArcFace model): the judge of recognition in the device tests. Read-only.
 Each is built once per session (a few tens of seconds) and must be treated as read-only: copy it
 (`shutil.copytree`) before changing anything.
 """
@@ -32,7 +33,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 log = logging.getLogger(__name__)
 
 FIXTURE_DIR = Path(__file__).parent / "fixtures" / "grocery"
-TINY_FIXTURE_THRESHOLD = 0.5  # used only when calibration cannot run on the fixture
+DEFAULT_BUNDLE_DIR = Path(__file__).resolve().parents[1] / "models" / "default"
 
 
 @pytest.fixture(scope="session")
@@ -41,10 +42,21 @@ def fixture_dir() -> Path:
 
 
 @pytest.fixture(scope="session")
+def default_bundle_dir() -> Path:
+    # Committed with the code, so its absence is a broken checkout, not a reason to skip.
+    for name in ("model.json", "model.tflite"):
+        if not (DEFAULT_BUNDLE_DIR / name).is_file():
+            pytest.fail(
+                f"the committed default bundle is incomplete: {DEFAULT_BUNDLE_DIR / name} is missing"
+            )
+    return DEFAULT_BUNDLE_DIR
+
+
+@pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
+    from training.calibrate import calibrate_run
     from training.config import FitConfig
     from training.fit import fit
-    from training.run import read_run_config, write_run_config
 
     run_dir = tmp_path_factory.mktemp("tiny_run") / "run"
     config = FitConfig(
@@ -62,22 +74,8 @@ def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) ->
     )
     started = time.perf_counter()
     fit(fixture_dir / "train", run_dir, config, progress=False)
-    log.info("tiny_run_dir: fit in %.1f s", time.perf_counter() - started)
-    try:
-        from training.calibrate import calibrate_run
-    except ImportError:
-        calibrate_run = None
-    calibrated = False
-    if calibrate_run is not None:
-        try:
-            calibrate_run(run_dir, gallery_shots=1, progress=False)
-            calibrated = True
-        except ValueError as exc:  # too few images per class on the fixture
-            log.warning("tiny_run_dir: calibration failed (%s); using a fixed threshold", exc)
-    if not calibrated:
-        cfg = read_run_config(run_dir)
-        cfg["threshold"] = {"value": TINY_FIXTURE_THRESHOLD, "method": "test-fixture"}
-        write_run_config(run_dir, cfg)
+    calibrate_run(run_dir, gallery_shots=1, progress=False)
+    log.info("tiny_run_dir: fit and calibration in %.1f s", time.perf_counter() - started)
     return run_dir
 
 

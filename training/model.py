@@ -5,7 +5,9 @@ The extractor takes raw RGB pixels 0..255 (float32) and normalises inside (x/127
 device feeds the resized crop as is. Its backbone is a nested model named "backbone": the fine-tuning
 schedule unfreezes its top blocks. With pretrained weights the backbone is called in inference mode
 (`training=False`) and its BatchNormalization layers stay frozen: their ImageNet statistics are kept
-while fine-tuning on a few thousand images (the standard Keras transfer-learning advice).
+while fine-tuning on a few thousand images (the standard Keras transfer-learning advice). Without
+pretrained weights BN trains on batch statistics, and `fit` re-estimates the moving statistics after
+training (`recalibrate_batchnorm`): a short run leaves them far from the features' real ones.
 """
 
 from __future__ import annotations

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 from pathlib import Path
@@ -14,53 +13,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 FIXTURE = Path(__file__).resolve().parents[1] / "fixtures" / "grocery"
 
 
-def _own_tiny_run(root: Path) -> Path:
-    """A random-weights tiny extractor in a RUN_DIR (used when tests/conftest.py has no
-    `tiny_run_dir`): the metrics need an extractor, not a good one."""
-    from training.model import build_extractor
-
-    run = root / "run"
-    run.mkdir()
-    model = build_extractor(alpha=0.35, input_size=96, embedding_dim=32, weights=None)
-    model.save(run / "extractor.keras")
-    classes = sorted(p.name for p in (FIXTURE / "train").iterdir() if p.is_dir())
-    cfg = {
-        "format": "prodrec-run",
-        "format_version": 1,
-        "model": {
-            "backbone": "mobilenet_v2",
-            "alpha": 0.35,
-            "input_size": 96,
-            "embedding_dim": 32,
-            "head": "arcface",
-            "weights": None,
-        },
-        "preprocessing": {
-            "input_size": [96, 96],
-            "color_order": "RGB",
-            "resize": "area",
-            "pixel_range": [0, 255],
-            "normalization": "inside-model: x/127.5 - 1",
-        },
-        "classes": classes,
-        "training": {"epochs": 0, "seed": 0, "val_split": 0.15},
-        "data": {"data_dir": str(FIXTURE / "train")},
-        "threshold": None,
-    }
-    (run / "config.json").write_text(json.dumps(cfg, indent=2))
-    return run
-
-
 @pytest.fixture(scope="session")
-def eval_run_dir(request: pytest.FixtureRequest, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """A private copy of the shared `tiny_run_dir` (calibration writes into it), or our own."""
-    root = tmp_path_factory.mktemp("eval-run")
-    try:
-        shared = Path(request.getfixturevalue("tiny_run_dir"))
-    except pytest.FixtureLookupError:
-        return _own_tiny_run(root)
-    dst = root / "run"
-    shutil.copytree(shared, dst)
+def eval_run_dir(tiny_run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A private copy of the shared `tiny_run_dir` (calibration writes into it)."""
+    dst = tmp_path_factory.mktemp("eval-run") / "run"
+    shutil.copytree(tiny_run_dir, dst)
     return dst
 
 

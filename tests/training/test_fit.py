@@ -108,10 +108,6 @@ def test_from_scratch_fit_gives_distinct_embeddings(tiny_fit: FitResult) -> None
     # 0.99) barely move in a short fit; fit re-estimates them over the training images before it
     # saves. Without that, every fixture image got the same embedding (mean pairwise cosine 1.0000,
     # measured); with it, ~0.2.
-    cfg = read_run_config(tiny_fit.run_dir)
-    recal = cfg["training"]["bn_recalibration"]
-    assert recal["layers"] == 53 and recal["images"] == cfg["data"]["n_train"]
-    assert "re-estimated" in cfg["model"]["backbone_batchnorm"]
     ds = scan_dataset(FIXTURE / "test", val_split=0)
     arrays, _ = decode_items(ds.train, 96, progress=False)
     emb = load_extractor(tiny_fit.run_dir)(arrays.images.astype(np.float32), training=False)
@@ -119,6 +115,10 @@ def test_from_scratch_fit_gives_distinct_embeddings(tiny_fit: FitResult) -> None
     off_diagonal = cos[~np.eye(len(cos), dtype=bool)]
     assert off_diagonal.mean() < 0.9, off_diagonal.mean()
     assert off_diagonal.min() < 0.5, off_diagonal.min()  # some pairs clearly apart
+    cfg = read_run_config(tiny_fit.run_dir)
+    recal = cfg["training"]["bn_recalibration"]
+    assert recal["layers"] == 53 and recal["images"] == cfg["data"]["n_train"]
+    assert "re-estimated" in cfg["model"]["backbone_batchnorm"]
 
 
 def test_write_run_config_is_atomic_and_round_trips(tiny_fit: FitResult, tmp_path: Path) -> None:

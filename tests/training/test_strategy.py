@@ -51,3 +51,5 @@ def test_mirrored_strategy_on_two_logical_cpus(tmp_path: Path) -> None:
     assert t["global_batch_size"] == 16  # 8 per replica x 2
     assert [s["lr"] for s in t["stages"]] == pytest.approx([2e-3])  # linear scaling
     assert (tmp_path / "run" / "extractor.keras").is_file()
+    # weights=None: BN statistics re-estimated over the training images under the strategy too
+    assert t["bn_recalibration"]["images"] == cfg["data"]["n_train"]
