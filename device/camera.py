@@ -16,6 +16,7 @@ from typing import Protocol, runtime_checkable
 
 import numpy as np
 
+from .closing import Closing
 from .errors import CameraError
 from .images import list_images, load_image
 
@@ -47,22 +48,8 @@ class FrameSource(Protocol):
     ) -> None: ...
 
 
-class _SourceBase:
+class _SourceBase(Closing):
     finite = False
-
-    def close(self) -> None:  # overridden where there is something to release
-        pass
-
-    def __enter__(self):
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _as_bgr(frame: np.ndarray) -> np.ndarray:

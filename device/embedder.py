@@ -11,12 +11,12 @@ import logging
 import math
 from collections.abc import Iterable
 from pathlib import Path
-from types import TracebackType
 from typing import Any
 
 import numpy as np
 
 from .bundle import BundleMeta, Quantization, read_bundle_meta
+from .closing import Closing
 from .errors import BundleError, ModelError
 from .preprocess import prepare, to_input_tensor
 from .runtime import load_interpreter, runtime_name
@@ -26,7 +26,7 @@ log = logging.getLogger(__name__)
 _FIX = "re-run `python -m convert` and copy model.tflite and model.json together"
 
 
-class Embedder:
+class Embedder(Closing):
     """Embeds BGR crops into unit-norm float32 vectors of size `dim`.
 
     Usage:
@@ -167,17 +167,6 @@ class Embedder:
     @property
     def closed(self) -> bool:
         return self._interpreter is None
-
-    def __enter__(self) -> Embedder:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     def __repr__(self) -> str:
         state = "closed" if self.closed else self.runtime

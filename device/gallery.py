@@ -27,11 +27,11 @@ from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
-from types import TracebackType
 from typing import Any, Protocol
 
 import numpy as np
 
+from .closing import Closing
 from .errors import GalleryError
 
 logger = logging.getLogger(__name__)
@@ -132,7 +132,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
-class Gallery:
+class Gallery(Closing):
     """The product database; a context manager with an idempotent `close()`."""
 
     def __init__(
@@ -204,17 +204,6 @@ class Gallery:
         conn, self._conn = self._conn, None
         if conn is not None:
             conn.close()
-
-    def __enter__(self) -> Gallery:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
     @contextmanager
     def transaction(self) -> Iterator[sqlite3.Connection]:

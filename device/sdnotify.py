@@ -24,7 +24,8 @@ import os
 import socket
 import time
 from collections.abc import Callable, Mapping
-from types import TracebackType
+
+from .closing import Closing
 
 logger = logging.getLogger(__name__)
 
@@ -71,7 +72,7 @@ def _socket_address(value: str) -> str | bytes | None:
     return None
 
 
-class Notifier:
+class Notifier(Closing):
     """Sends sd_notify messages to systemd; every method is a no-op when not run by systemd.
 
     `env` (default: os.environ), `pid` (default: os.getpid()) and `clock` (default:
@@ -193,17 +194,6 @@ class Notifier:
         sock, self._sock = self._sock, None
         if sock is not None:
             sock.close()
-
-    def __enter__(self) -> Notifier:
-        return self
-
-    def __exit__(
-        self,
-        exc_type: type[BaseException] | None,
-        exc: BaseException | None,
-        tb: TracebackType | None,
-    ) -> None:
-        self.close()
 
 
 def _status_line(text: str) -> str:
