@@ -58,35 +58,8 @@ if [ -n "$ROOT" ]; then
   ROOT=$(cd "$ROOT" 2>/dev/null && pwd || echo "$ROOT")
 fi
 
-# Target paths (inside ROOT when given).
-OPT="$ROOT/opt/$NAME"
-APP="$OPT/app"
-VENV="$OPT/venv"
-ETC="$ROOT/etc/$NAME"
-STATE="$ROOT/var/lib/$NAME"
-UNIT_DIR="$ROOT/etc/systemd/system"
-
-# --- how actions are carried out -----------------------------------------------------------------
-# `act` changes files under the target root: printed, and run unless --dry-run.
-# `sys` changes the running system (packages, users, services): printed, and run only when
-# installing into the real root (no --dry-run, no --root).
-show() { local q; q=$(printf '%q ' "$@"); echo "+ ${q% }"; }
-act() {
-  show "$@"
-  [ "$DRY_RUN" = 1 ] || "$@"
-}
-sys() {
-  if [ "$DRY_RUN" = 1 ]; then
-    show "$@"
-  elif [ -n "$ROOT" ]; then
-    echo "$(show "$@")    [skipped: --root]"
-  else
-    show "$@"
-    "$@"
-  fi
-}
-note() { echo "== $*"; }
-live() { [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ]; }
+# shellcheck source=actions.sh
+. "$(dirname "${BASH_SOURCE[0]}")/actions.sh"
 
 # --- checks --------------------------------------------------------------------------------------
 [ -d "$SRC/device" ] || die "run this script from a prodrec checkout (no device/ in $SRC)"

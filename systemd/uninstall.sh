@@ -37,27 +37,8 @@ if [ -n "$ROOT" ]; then
   ROOT=$(cd "$ROOT" && pwd)
 fi
 
-OPT="$ROOT/opt/$NAME"
-ETC="$ROOT/etc/$NAME"
-STATE="$ROOT/var/lib/$NAME"
-UNIT_DIR="$ROOT/etc/systemd/system"
-
-show() { local q; q=$(printf '%q ' "$@"); echo "+ ${q% }"; }
-act() {
-  show "$@"
-  [ "$DRY_RUN" = 1 ] || "$@"
-}
-sys() {
-  if [ "$DRY_RUN" = 1 ]; then
-    show "$@"
-  elif [ -n "$ROOT" ]; then
-    echo "$(show "$@")    [skipped: --root]"
-  else
-    show "$@"
-    "$@"
-  fi
-}
-live() { [ "$DRY_RUN" = 0 ] && [ -z "$ROOT" ]; }
+# shellcheck source=actions.sh
+. "$(dirname "${BASH_SOURCE[0]}")/actions.sh"
 
 if live; then
   [ "$(id -u)" = 0 ] || die "run as root: sudo $0 (or --dry-run to see what it would do)"
