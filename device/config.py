@@ -44,7 +44,7 @@ class CameraConfig:
 class DetectorConfig:
     method: str = "diff"  # "diff" (learnt background, absdiff) or "mog2" (OpenCV's MOG2)
     work_width: int = 160  # detection runs on a copy of the frame downscaled to this width
-    color: bool = True  # compare colours (largest channel difference); false = grayscale
+    color: bool = True  # compare colours (largest channel difference); false = grayscale (cheaper)
     learn_frames: int = 15  # frames averaged (median) into the empty background at start
     adapt_rate: float = 0.02  # running-average weight while the scene is empty
     blur: int = 5  # Gaussian blur kernel (odd, pixels of the downscaled frame); 1 = none
