@@ -140,7 +140,13 @@ def append_row(row: dict[str, Any], md: Path = BENCHMARKS_MD) -> None:
     text = md.read_text(encoding="utf-8") if md.is_file() else "# Benchmarks\n\n"
     if TABLE_HEADER.splitlines()[0] not in text:
         text = text.rstrip("\n") + "\n\n" + TABLE_HEADER
-    md.write_text(text.rstrip("\n") + "\n" + line, encoding="utf-8")
+    # Insert after the table's last row, so sections written below the table stay below it.
+    lines = text.splitlines(keepends=True)
+    end = lines.index(TABLE_HEADER.splitlines(keepends=True)[0]) + 1
+    while end < len(lines) and lines[end].startswith("|"):
+        end += 1
+    lines[end - 1] = lines[end - 1].rstrip("\n") + "\n"
+    md.write_text("".join([*lines[:end], line, *lines[end:]]), encoding="utf-8")
     print(f"appended to {md}:\n{line}", end="")
 
 
