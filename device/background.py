@@ -70,6 +70,12 @@ class BackgroundDetector:
         fh, fw = shape
         ww = min(self.cfg.work_width, fw)
         wh = max(8, round(fh * ww / fw))
+        # Grayscale detection samples every step-th pixel when the step divides the frame exactly
+        # (the same pixels INTER_NEAREST picks, without the resize).
+        step = max(1, round(fw / ww))
+        self._step = step if fw % step == 0 and fh % step == 0 else 0
+        if self._step:
+            ww, wh = fw // step, fh // step
         self._frame_shape = shape
         self._work = (ww, wh)
         x0, y0, x1, y1 = self.roi
@@ -82,22 +88,6 @@ class BackgroundDetector:
         rx0, ry0, rx1, ry1 = self._roi_px
         self._roi_area = float((rx1 - rx0) * (ry1 - ry0))
         self._gain_step = max(1, int((self._roi_area / 500.0) ** 0.5))
-        # Grayscale detection samples every step-th pixel when the step divides the frame exactly
-        # (the same pixels INTER_NEAREST picks, without the resize).
-        step = max(1, round(fw / ww))
-        self._step = step if fw % step == 0 and fh % step == 0 else 0
-        if self._step:
-            ww, wh = fw // step, fh // step
-            self._work = (ww, wh)
-            self._roi_px = (
-                int(np.floor(x0 * ww)),
-                int(np.floor(y0 * wh)),
-                max(int(np.ceil(x1 * ww)), int(np.floor(x0 * ww)) + 1),
-                max(int(np.ceil(y1 * wh)), int(np.floor(y0 * wh)) + 1),
-            )
-            rx0, ry0, rx1, ry1 = self._roi_px
-            self._roi_area = float((rx1 - rx0) * (ry1 - ry0))
-            self._gain_step = max(1, int((self._roi_area / 500.0) ** 0.5))
         self._scale = (fw / ww, fh / wh)
         # Fewer changed pixels than this cannot close into an object of the minimum area.
         self._min_changed_px = max(1, int(0.25 * self.cfg.min_area * self._roi_area))
