@@ -26,6 +26,8 @@ DEMO_DIR = Path(__file__).resolve().parent
 # `python demo/demo.py` puts demo/ first on sys.path; the device package is one level up.
 sys.path.insert(1, str(DEMO_DIR.parent))
 
+from device.crop import iou  # noqa: E402 - needs the path above
+
 FPS = 15.0
 
 
@@ -104,16 +106,6 @@ def placement_of(event: dict[str, Any], truth: Sequence[dict[str, Any]]) -> int 
     return None
 
 
-def iou(a: Sequence[float], b: Sequence[float]) -> float:
-    ax, ay, aw, ah = a
-    bx, by, bw, bh = b
-    w = max(0.0, min(ax + aw, bx + bw) - max(ax, bx))
-    h = max(0.0, min(ay + ah, by + bh) - max(ay, by))
-    inter = w * h
-    union = aw * ah + bw * bh - inter
-    return inter / union if union > 0 else 0.0
-
-
 def describe(event: dict[str, Any], truth: Sequence[dict[str, Any]], enrolled: set[str]) -> str:
     i = placement_of(event, truth)
     seconds = (int(event["frame"]) - 1) / FPS
@@ -183,7 +175,7 @@ def report(
             continue
         repeated += len(evs) - 1
         ev = evs[0]
-        ious.append(iou(ev["box"], p["box"]))
+        ious.append(iou(tuple(ev["box"]), tuple(p["box"])))
         if is_known:
             known_right += ev["status"] == "known" and ev["label"] == p["label"]
         else:
