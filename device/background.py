@@ -1,14 +1,19 @@
-"""Finding the object: background subtraction on a small grayscale copy of the frame.
+"""Finding the object: background subtraction on a small copy of the frame.
 
 `diff` (the default): the empty scene is learnt at start as the per-pixel median of the first
 frames, then adapted with a running average only while the scene is empty (an object that sits
 there is never absorbed). Each frame is compared after dividing out a global brightness change (the
 median ratio frame/background inside the region of interest), so daylight drifting slowly does not
-look like an object; sensor noise is removed by the downscaling, a Gaussian blur, the threshold,
+look like an object; sensor noise is removed by the downscaling, a box blur, the threshold,
 a morphological open/close and the minimum area. `mog2`: OpenCV's MOG2 on the same small frame,
 learning likewise only while the scene is empty.
 
-Detection costs a fraction of a millisecond at 160x120; only the recognition crops from the
+Most frames show an unchanged scene, so that case is made cheap: the frame is compared with a cached
+copy of the background already scaled by the last measured brightness (light drifts slowly), and
+only when enough pixels differ is the brightness measured again and the comparison redone before
+anything is called an object. The brightness is also re-measured every `GAIN_EVERY` frames and the
+background adapted every `ADAPT_EVERY` empty frames (with the compounded rate), so an empty frame
+costs a handful of OpenCV calls on a 160x120 image. Only the recognition crops from the
 full-resolution frame.
 """
 
@@ -23,6 +28,10 @@ from .config import DetectorConfig
 from .crop import Box
 
 logger = logging.getLogger(__name__)
+
+GAIN_EVERY = 8  # frames between brightness measurements when nothing changes
+ADAPT_EVERY = 4  # empty frames blended into the background at once (the rate compounded)
+GAIN_TOLERANCE = 0.002  # relative brightness change (~0.5 grey level) that rescales the background
 
 
 @dataclass(frozen=True)
@@ -53,6 +62,10 @@ class BackgroundDetector:
         self._last: np.ndarray | None = None
         self._mog = None
         self._seen = 0
+        self._gain_value = 1.0  # brightness of the scene relative to the background
+        self._gain_age = GAIN_EVERY  # frames since it was measured
+        self._bg_scaled: np.ndarray | None = None  # uint8 background x gain, for the comparison
+        self._pending_adapt = 0  # adapt() calls not yet blended in
 
     @property
     def ready(self) -> bool:
@@ -112,7 +125,9 @@ class BackgroundDetector:
                 small = cv2.cvtColor(small, cv2.COLOR_BGR2GRAY)
         b = self.cfg.blur
         if b > 1:
-            small = cv2.GaussianBlur(small, (b, b), 0)
+            # A box filter: 2-3x cheaper than a Gaussian of the same size, and after the threshold
+            # and the morphology the two give the same masks.
+            small = cv2.blur(small, (b, b))
         rx0, ry0, rx1, ry1 = self._roi_px
         return small[ry0:ry1, rx0:rx1]
 
@@ -156,21 +171,53 @@ class BackgroundDetector:
                 logger.info("background learnt from %d frames", self.cfg.learn_frames)
             return None
         assert self._bg is not None
-        gain = self._gain(small)
         if self.cfg.method == "mog2":
+            gain = self._gain(small)
             comp = small if gain == 1.0 else cv2.convertScaleAbs(small, alpha=1.0 / gain)
             fg = self._mog2().apply(comp, learningRate=0.0)
             return self._largest((fg > 0).astype(np.uint8))
-        diff = cv2.absdiff(small, cv2.convertScaleAbs(self._bg, alpha=gain))
-        _, mask = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        self._gain_age += 1
+        if self._gain_age >= GAIN_EVERY:
+            self._measure_gain(small)
+        mask = self._changed(small)
+        if mask is not None and self._gain_age > 0:
+            # Something differs: measure the brightness now, so a lighting change is not an object.
+            self._measure_gain(small)
+            mask = self._changed(small)
+        if mask is None:
+            return None
         if mask.ndim == 3:
             # Changed in any channel: the weighted sum of 0/255 channels is > 0 iff one is set
             # (two fast OpenCV calls instead of a per-pixel max over the channels).
             mask = cv2.cvtColor(mask, cv2.COLOR_BGR2GRAY)
-        if cv2.countNonZero(mask) < self._min_changed_px:
-            return None  # the common case, an unchanged scene: no morphology, no contours
+            if cv2.countNonZero(mask) < self._min_changed_px:
+                return None
         _, mask = cv2.threshold(mask, 0, 1, cv2.THRESH_BINARY)
         return self._largest(mask)
+
+    def _changed(self, small: np.ndarray) -> np.ndarray | None:
+        """The 0/255 mask of values that differ from the scaled background, or None when too few
+        do for an object of the minimum area (the common case: an unchanged scene)."""
+        import cv2
+
+        if self._bg_scaled is None:
+            assert self._bg is not None
+            self._bg_scaled = cv2.convertScaleAbs(self._bg, alpha=self._gain_value)
+        diff = cv2.absdiff(small, self._bg_scaled)
+        _, mask = cv2.threshold(diff, self.cfg.threshold, 255, cv2.THRESH_BINARY)
+        # Counting changed channel values (a colour mask viewed as one channel) over-counts changed
+        # pixels, so fewer values than the limit means fewer pixels too: no object, no morphology.
+        flat = mask.reshape(mask.shape[0], -1) if mask.ndim == 3 else mask
+        if cv2.countNonZero(flat) < self._min_changed_px:
+            return None
+        return mask
+
+    def _measure_gain(self, small: np.ndarray) -> None:
+        self._gain_age = 0
+        gain = self._gain(small)
+        if abs(gain - self._gain_value) > GAIN_TOLERANCE * self._gain_value:
+            self._gain_value = gain
+            self._bg_scaled = None
 
     def _mog2(self):
         import cv2
@@ -207,12 +254,21 @@ class BackgroundDetector:
         return Detection(box=(bx0, by0, bx1 - bx0, by1 - by0), area=area / self._roi_area)
 
     def adapt(self) -> None:
-        """Blend the last frame into the background: call only when the scene is empty."""
+        """Blend the last frame into the background: call only when the scene is empty.
+
+        Blends every `ADAPT_EVERY` calls with the rate compounded over them: the same slow average
+        for a slowly drifting scene, at a quarter of the cost."""
         if not self.ready or self._last is None or self.cfg.adapt_rate <= 0:
             return
         import cv2
 
         assert self._bg is not None
-        cv2.accumulateWeighted(self._last, self._bg, self.cfg.adapt_rate)
         if self.cfg.method == "mog2":
             self._mog2().apply(self._last, learningRate=self.cfg.adapt_rate)
+        self._pending_adapt += 1
+        if self._pending_adapt < ADAPT_EVERY:
+            return
+        rate = 1.0 - (1.0 - self.cfg.adapt_rate) ** self._pending_adapt
+        self._pending_adapt = 0
+        cv2.accumulateWeighted(self._last, self._bg, rate)
+        self._bg_scaled = None

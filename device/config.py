@@ -47,7 +47,7 @@ class DetectorConfig:
     color: bool = True  # compare colours (largest channel difference); false = grayscale (cheaper)
     learn_frames: int = 15  # frames averaged (median) into the empty background at start
     adapt_rate: float = 0.02  # running-average weight while the scene is empty
-    blur: int = 5  # Gaussian blur kernel (odd, pixels of the downscaled frame); 1 = none
+    blur: int = 5  # box blur kernel (odd, pixels of the downscaled frame); 1 = none
     threshold: int = 28  # grey-level difference (0..255) that counts as changed
     morph: int = 3  # morphology open/close kernel (pixels of the downscaled frame)
     min_area: float = 0.01  # smallest object as a fraction of the region of interest

@@ -1,8 +1,10 @@
 """Matching an embedding against the stored product views: cosine similarity, best view per product.
 
 The views are L2-normalised once and sorted by product, so a query is one matrix-vector product
-followed by `np.maximum.reduceat` (the best view of each product) and a top-2 selection: ~0.2 ms for
-10,000 views of 128 dimensions.
+and two `argmax`: the best view names the best product; with that product's views masked out, the
+next best view names the runner-up (each product scores by its best view). ~0.1 ms for 10,000
+views of 128 dimensions. `product_scores` (every product's score, for evaluation) uses
+`np.maximum.reduceat` over the same sorted views.
 
     "known"      best product's score >= threshold and ahead of the runner-up by >= the margin
     "ambiguous"  above the threshold but the best two products are closer than the margin
@@ -70,6 +72,10 @@ class Matcher:
             if len(perm)
             else np.zeros(0, np.int64)
         )
+        self._ends = np.r_[self._starts[1:], len(perm)].astype(np.int64)
+        self._view_product = np.repeat(
+            np.arange(len(self._starts)), np.diff(np.r_[self._starts, len(perm)])
+        )
 
     @property
     def n_views(self) -> int:
@@ -95,20 +101,17 @@ class Matcher:
         if not self.products:
             return Match(None, UNKNOWN, -1.0, "", None, None)
         q = l2_normalize(query)
-        per_product = np.maximum.reduceat(self._emb @ q, self._starts)
-        if per_product.shape[0] == 1:
-            best, second = 0, -1
-        else:
-            top2 = np.argpartition(per_product, -2)[-2:]
-            best, second = (
-                (top2[1], top2[0])
-                if per_product[top2[1]] >= per_product[top2[0]]
-                else (top2[0], top2[1])
-            )
-        score = float(per_product[best])
+        sims = self._emb @ q
+        view = int(np.argmax(sims))
+        best = int(self._view_product[view])
+        score = float(sims[view])
+        second, runner_score = -1, None
+        if len(self.products) > 1:
+            sims[self._starts[best] : self._ends[best]] = -np.inf  # the best product's views
+            view2 = int(np.argmax(sims))
+            second, runner_score = int(self._view_product[view2]), float(sims[view2])
         best_label = self.products[best]
         runner_up = self.products[second] if second >= 0 else None
-        runner_score = float(per_product[second]) if second >= 0 else None
         if score < self.threshold:
             return Match(None, UNKNOWN, score, best_label, runner_up, runner_score)
         if runner_score is not None and score - runner_score < self.ambiguity_margin:

@@ -2,7 +2,9 @@
 match -> one JSON line on stdout and a row in the events table.
 
 A frame with nothing new costs only the detection on a small copy of the frame; inference runs once
-per placement. A failing camera is closed and reopened with exponential back-off (capped), and the
+per placement. The JSON line leaves on the frame of the recognition; its row in the events table is
+written on the next frame (or at stop), so a database commit (and the occasional WAL checkpoint)
+never delays a report. A failing camera is closed and reopened with exponential back-off (capped), and the
 loop carries on when frames come back. Products added by another process (enrollment) are noticed
 every `reload_every_s` seconds and before each recognition, without a restart.
 """
@@ -176,6 +178,7 @@ class Service:
         self.recognizer = Recognizer(embedder, gallery, config, notifier=self.notifier)
         self.stats = RunStats()
         self._busy = 0  # consecutive frames with the scene not empty
+        self._unlogged: list[dict[str, Any]] = []  # events reported but not yet in the database
         self.save_dir = Path(config.service.save_crops) if config.service.save_crops else None
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -240,8 +243,11 @@ class Service:
                 if max_frames is not None and self.stats.frames >= max_frames:
                     break
         finally:
-            if source is not None:
-                source.close()
+            try:
+                self.flush_events()
+            finally:
+                if source is not None:
+                    source.close()
             self.notifier.stopping(f"stopped after {self.stats.frames} frames")
         return self.stats
 
@@ -265,7 +271,15 @@ class Service:
             self.notifier.watchdog()
             self.sleep(min(left, 0.5))
 
+    def flush_events(self) -> None:
+        """Write the reported events not yet in the events table."""
+        while self._unlogged:
+            self.gallery.log_event(self._unlogged[0])
+            self._unlogged.pop(0)
+
     def _process(self, frame: np.ndarray, t0: float) -> None:
+        if self._unlogged:
+            self.flush_events()
         det = self.detector.detect(frame)
         action = self.tracker.update(det)
         if det is None and self.tracker.is_empty:
@@ -324,6 +338,7 @@ class Service:
             self.out = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the service
         self.stats.events.append(event)
         self.stats.n_events += 1
-        self.gallery.log_event(event)
+        self._unlogged.append(event)  # written on the next frame: see the module's docstring
         self.notifier.status(f"last: {event['label']} ({m.score:.2f})")
-        logger.info("%s (%s, %.3f) in %.1f ms", event["label"], m.status, m.score, latency_ms)
+        # stdout (the journal under systemd) already carries the event: no second line at INFO.
+        logger.debug("%s (%s, %.3f) in %.1f ms", event["label"], m.status, m.score, latency_ms)

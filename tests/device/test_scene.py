@@ -93,6 +93,25 @@ def test_no_event_from_lighting_drift_and_noise(photos, method: str, color: bool
     assert detections == 0
 
 
+@pytest.mark.parametrize("color", [True, False])
+def test_sudden_light_change_is_not_an_object_but_a_placement_is(photos, color: bool) -> None:
+    # The light switched on between two frames (+35 %): the cached, gain-scaled background is stale,
+    # so the detector must measure the brightness again before calling anything an object.
+    scene = SyntheticScene(seed=3, noise=2.0, drift=0.0)
+    det = BackgroundDetector(DetectorConfig(color=color, learn_frames=5))
+    for i in range(12):
+        assert det.detect(scene.render(i)) is None
+        det.adapt()
+    brighter = [np.clip(scene.render(i).astype(np.float32) * 1.35, 0, 255).astype(np.uint8) for i in range(12, 20)]  # fmt: skip
+    for frame in brighter:
+        assert det.detect(frame) is None
+        det.adapt()
+    box = (220, 140, 200, 180)
+    placed = np.clip(scene.render(21, [(photos[0][1], box)]).astype(np.float32) * 1.35, 0, 255)
+    d = det.detect(placed.astype(np.uint8))
+    assert d is not None and iou(d.box, box) > 0.8, d
+
+
 @pytest.mark.parametrize("method", ["diff", "mog2"])
 def test_boxes_under_drift_while_object_present(photos, method: str) -> None:
     # Colour detection (the default); grayscale gives looser boxes under drift (IoU ~0.64 here).

@@ -113,6 +113,25 @@ def test_max_frames_and_saved_crops(tmp_path: Path, photos) -> None:
     assert stats.events[0]["status"] == "unknown"  # nothing enrolled
 
 
+def test_event_row_written_after_the_report_and_never_lost_at_stop(tmp_path: Path, photos) -> None:
+    cfg = make_config(tmp_path)
+    with Gallery(cfg.gallery.path) as g:
+        out = io.StringIO()
+        service = Service(
+            cfg,
+            source_factory=lambda: scene_source(photos[:2]),
+            embedder=FakeEmbedder(),
+            gallery=g,
+            out=out,
+        )
+        # Stop on the very frame the first placement is reported: its row is not yet written.
+        service.should_stop = lambda: service.stats.n_events >= 1
+        stats = service.run()
+        assert stats.n_events == 1 and len(out.getvalue().splitlines()) == 1
+        rows = g.events(10)
+    assert [r["label"] for r in rows] == [stats.events[0]["label"]]  # flushed at stop
+
+
 class GatedSource:
     """Blocks at frame `gate_at` until `gate` is set (so another process can act meanwhile)."""
 
