@@ -11,6 +11,9 @@ an interrupted run resumes where it stopped):
    validation, threshold calibration and int8 calibration never see a held-out product.
 2. `python -m training fit OUT/data --out OUT/run ...`            (skipped if OUT/run/extractor.keras)
 3. `python -m training calibrate OUT/run --data OUT/data`         (skipped if a threshold is set)
+   With `--calib-every K`, every K-th training class (sorted names, from the K-th) is kept out of
+   fit and linked (train/ and val/ images) into OUT/calib/val/<class>, and the threshold is
+   calibrated there with `--unseen`: on products the model never saw, like the held-out ones.
 4. `python -m training evaluate --model OUT/run --protocol P ...` -> OUT/eval-float
 5. `python -m convert OUT/run --quant int8 --calibration OUT/data/train --out OUT/bundle-int8`
 6. `python -m training evaluate --model OUT/bundle-int8 ...`      -> OUT/eval-int8
@@ -237,6 +240,21 @@ def run_imagenet(args: argparse.Namespace, step: Step, data_root: Path, command:
         )
 
 
+def link_calibration_classes(data: Path, out: Path, classes: list[str]) -> Path:
+    """OUT/calib/val/<class>/<file> -> every train/ and val/ image of the calibration classes."""
+    root = out / "calib"
+    for c in classes:
+        dst = root / "val" / c
+        dst.mkdir(parents=True, exist_ok=True)
+        for sub in ("train", "val"):
+            src = (data / sub / c).resolve()
+            for f in sorted(src.iterdir()) if src.is_dir() else []:
+                link = dst / f"{sub}-{f.name}"
+                if not link.is_symlink():
+                    link.symlink_to(f)
+    return root
+
+
 def run_head(args: argparse.Namespace, step: Step, data_root: Path, command: str) -> None:
     py = sys.executable
     start = time.monotonic()
@@ -277,7 +295,8 @@ def run_head(args: argparse.Namespace, step: Step, data_root: Path, command: str
                 "calibrate",
                 str(run_dir),
                 "--data",
-                str(data_root),
+                str(args.calib_root or data_root),
+                *(["--unseen"] if args.calib_root else []),
                 "--target-far",
                 str(args.target_far),
             ]
@@ -374,6 +393,13 @@ def main(argv: list[str] | None = None) -> int:
         default=[],
         help="extra argument passed to `training fit` (repeatable, e.g. --fit-arg=--batch-size=64)",
     )
+    p.add_argument(
+        "--calib-every",
+        type=int,
+        default=0,
+        help="keep every K-th training class out of fit and calibrate the threshold on those "
+        "(products the model never saw); 0 = calibrate on the training classes' val/ images",
+    )
     p.add_argument("--skip-int8", action="store_true")
     p.add_argument("--recalibrate", action="store_true")
     p.add_argument("--no-row", action="store_true", help="do not append to docs/BENCHMARKS.md")
@@ -393,6 +419,15 @@ def main(argv: list[str] | None = None) -> int:
     args.out.mkdir(parents=True, exist_ok=True)
     step = Step(args.out)
     step.note(f"# {command}  (commit {commit_id()})")
+    args.calib_root = None
+    if args.calib_every:
+        if args.head == "imagenet" or args.calib_every < 2:
+            raise SystemExit("--calib-every takes K >= 2 and a trained head")
+        ordered = sorted(args.classes)
+        calib = ordered[args.calib_every - 1 :: args.calib_every]
+        args.classes = [c for c in ordered if c not in calib]
+        args.calib_root = link_calibration_classes(args.data, args.out, calib)
+        step.note(f"calibration classes kept out of fit ({len(calib)}): {', '.join(calib)}")
     data_root = link_training_classes(args.data, args.out, args.classes)
     if args.head == "imagenet":
         run_imagenet(args, step, data_root, command)

@@ -60,3 +60,20 @@ def test_a_file_without_the_table_gets_one(tmp_path: Path) -> None:
     text = md.read_text()
     assert text.startswith("# Benchmarks") and bench.TABLE_HEADER in text
     assert text.rstrip().endswith("`python bench/grocery_protocol.py --head a\\|b` |")
+
+
+def test_calibration_classes_are_linked_apart_from_the_training_classes(tmp_path: Path) -> None:
+    gp = _bench()
+    data = tmp_path / "grocery"
+    for sub, cls, n in [("train", "A", 3), ("val", "A", 1), ("train", "B", 2), ("train", "C", 2)]:
+        (data / sub / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            (data / sub / cls / f"{i}.jpg").write_bytes(b"x")
+    out = tmp_path / "out"
+    calib = gp.link_calibration_classes(data, out, ["A"])
+    train = gp.link_training_classes(data, out, ["B", "C"])
+    assert sorted(p.name for p in (calib / "val" / "A").iterdir()) == [
+        "train-0.jpg", "train-1.jpg", "train-2.jpg", "val-0.jpg"
+    ]  # fmt: skip
+    assert sorted(p.name for p in (train / "train").iterdir()) == ["B", "C"]
+    assert not (train / "val" / "A").exists()

@@ -32,6 +32,33 @@ def test_calibrate_cli_writes_threshold_into_config(
     assert "threshold" in capsys.readouterr().out
 
 
+def test_calibrate_unseen_uses_only_classes_the_run_was_not_trained_on(
+    eval_run_dir: Path, tmp_path: Path
+) -> None:
+    from training.calibrate import calibrate_run, calibration_split
+
+    cfg = json.loads((eval_run_dir / "config.json").read_text())
+    trained = cfg["classes"]
+    val = tmp_path / "val"
+    for c in [*trained[:2], "New-Product-A", "New-Product-B"]:
+        src = FIXTURE / "test" / (c if c in trained else trained[0 if c.endswith("A") else 1])
+        (val / c).mkdir(parents=True)
+        for f in sorted(src.iterdir()):
+            (val / c / f.name).symlink_to(f)
+    split, source = calibration_split(cfg, tmp_path, unseen=True)
+    assert sorted(split) == ["New-Product-A", "New-Product-B"] and "not trained on" in source
+    assert [len(v) for v in split.values()] == [4, 4]
+    result = calibrate_run(eval_run_dir, tmp_path, unseen=True, write=True, progress=False)
+    thr = json.loads((eval_run_dir / "config.json").read_text())["threshold"]
+    assert thr["classes"] == "not trained on" and thr["value"] == result["value"]
+    assert thr["n_genuine"] == thr["n_impostor"] == 8  # the two unseen classes' images only
+    for c in trained[:2]:  # only trained classes left: nothing unseen to calibrate on
+        (val / c).rename(tmp_path / c)
+    (val / "New-Product-B").rename(tmp_path / "New-Product-B")
+    with pytest.raises(ValueError, match="at least 2"):
+        calibration_split(cfg, tmp_path, unseen=True)
+
+
 def test_calibrate_without_val_images_says_what_to_do(eval_run_dir: Path, tmp_path: Path) -> None:
     (tmp_path / "val").mkdir()  # a val/ with none of the run's classes
     with pytest.raises(ValueError, match="validation images"):
