@@ -13,7 +13,7 @@ copy of the background already scaled by the last measured brightness (light dri
 only when enough pixels differ is the brightness measured again and the comparison redone before
 anything is called an object. The brightness is also re-measured every `GAIN_EVERY` frames and the
 background adapted every `ADAPT_EVERY` empty frames (with the compounded rate), so an empty frame
-costs a handful of OpenCV calls on a 160x120 image. Only the recognition crops from the
+costs a handful of OpenCV calls on a 128x96 image. Only the recognition crops from the
 full-resolution frame.
 """
 

@@ -43,7 +43,7 @@ class CameraConfig:
 @dataclass(frozen=True)
 class DetectorConfig:
     method: str = "diff"  # "diff" (learnt background, absdiff) or "mog2" (OpenCV's MOG2)
-    work_width: int = 160  # detection runs on a copy of the frame downscaled to this width
+    work_width: int = 128  # detection runs on a copy of the frame downscaled to this width
     color: bool = True  # compare colours (largest channel difference); false = grayscale (cheaper)
     learn_frames: int = 15  # frames averaged (median) into the empty background at start
     adapt_rate: float = 0.02  # running-average weight while the scene is empty

@@ -173,7 +173,8 @@ def test_detection_is_cheap_on_full_frames(photos) -> None:
     det = BackgroundDetector(DetectorConfig(learn_frames=5))
     for _ in range(6):
         det.detect(source.read())
-    assert det.background is not None and det.background.shape[:2] == (120, 160)
+    ww = DetectorConfig().work_width
+    assert det.background is not None and det.background.shape[:2] == (ww * 3 // 4, ww)
     assert np.isfinite(det.background).all()
 
 
@@ -184,6 +185,7 @@ def test_grayscale_detection_samples_the_pixels_nearest_resize_picks(photos) -> 
     frame = scene_source(photos[:1]).read()
     det = BackgroundDetector(DetectorConfig(color=False, blur=1, learn_frames=1))
     det.detect(frame)
-    nearest = cv2.resize(frame, (160, 120), interpolation=cv2.INTER_NEAREST)[..., 1]
+    ww = DetectorConfig().work_width
+    nearest = cv2.resize(frame, (ww, ww * 3 // 4), interpolation=cv2.INTER_NEAREST)[..., 1]
     assert det.background is not None
     assert np.array_equal(det.background.astype(np.uint8), nearest)
