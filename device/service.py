@@ -301,13 +301,14 @@ class Service:
             self._recognise(frame, det, t0)
 
     def _recognise(self, frame: np.ndarray, det: Detection, t0: float) -> None:
+        when = utc_now()  # the frame's time; taken before the inference evicts the caches
         if self.recognizer.refresh():
             self.stats.reloads += 1
         crop, crop_box = object_crop(frame, det.box, self.config.detector.pad)
         m = self.recognizer.match(crop)
         latency_ms = (time.perf_counter() - t0) * 1000.0
         event: dict[str, Any] = {
-            "time": utc_now(),
+            "time": when,
             "label": m.label if m.status == KNOWN else "unknown",
             "status": m.status,
             "score": round(m.score, 4),
