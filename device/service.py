@@ -4,8 +4,8 @@ match -> one JSON line on stdout and a row in the events table.
 A frame with nothing new costs only the detection on a small copy of the frame; inference runs once
 per placement. The JSON line leaves on the frame of the recognition; its row in the events table is
 written on the next frame (or at stop), so a database commit (and the occasional WAL checkpoint)
-never delays a report. A failing camera is closed and reopened with exponential back-off (capped), and the
-loop carries on when frames come back. Products added by another process (enrollment) are noticed
+never delays a report. A failing camera is closed and reopened with exponential back-off
+(capped), and the loop carries on when frames come back. Products added by another process (enrollment) are noticed
 every `reload_every_s` seconds and before each recognition, without a restart.
 """
 
