@@ -180,7 +180,7 @@ class BackgroundDetector:
         if self._gain_age >= GAIN_EVERY:
             self._measure_gain(small)
         mask = self._changed(small)
-        if mask is not None and self._gain_age > 0:
+        if mask is not None and self._gain_age > 0 and self.cfg.lighting_compensation:
             # Something differs: measure the brightness now, so a lighting change is not an object.
             self._measure_gain(small)
             mask = self._changed(small)
