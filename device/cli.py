@@ -97,6 +97,13 @@ def build_parser() -> argparse.ArgumentParser:
     prename.add_argument("new")
     pdelete = psub.add_parser("delete", parents=[common], help="delete a product and its views")
     pdelete.add_argument("name")
+    pcheck = psub.add_parser(
+        "check",
+        parents=[common],
+        help="how well the stored products can be told apart (look-alikes, weak products)",
+    )
+    pcheck.add_argument("--json", action="store_true", help="one JSON object per product")
+    pcheck.add_argument("--threshold", type=float, help="judge against this threshold")
 
     gallery = sub.add_parser("gallery", help="export/import the product set")
     gsub = gallery.add_subparsers(dest="action", required=True)
@@ -282,6 +289,59 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
         elif args.action == "delete":
             gallery.delete(args.name)
             print(f"deleted {args.name!r}", file=sys.stderr)
+        elif args.action == "check":
+            return _check_products(gallery, cfg, as_json=args.json)
+    return EXIT_OK
+
+
+def _check_products(gallery: Any, cfg: Config, *, as_json: bool) -> int:
+    from .audit import check_products, reject_all_threshold
+    from .service import bundle_threshold
+
+    with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
+        if gallery.stale_views(embedder.model_id):
+            gallery.reembed(embedder)  # as `run` would: views of an older model are re-embedded
+        emb, labels = gallery.load(embedder.model_id)
+        threshold = cfg.matcher.threshold
+        source = "[matcher] threshold"
+        if threshold is None:
+            threshold, source = bundle_threshold(embedder), "the model bundle"
+    if threshold is None:
+        raise ValueError("no threshold: set [matcher] threshold or use a calibrated model bundle")
+    checks = check_products(emb, labels) if labels else []
+    if as_json:
+        for c in checks:
+            print(json.dumps({**c.__dict__, "flags": c.flags(threshold)}))
+        return EXIT_OK
+    if not checks:
+        print("no products stored", file=sys.stderr)
+        return EXIT_OK
+
+    def fmt(x: float | None) -> str:
+        return "-" if x is None else f"{x:.3f}"
+
+    width = max([len(c.name) for c in checks] + [7])
+    print(f"{'product':<{width}}  views  own    nearest product (score)")
+    for c in checks:
+        near = "-" if c.nearest is None else f"{c.nearest} ({fmt(c.nearest_score)})"
+        print(f"{c.name:<{width}}  {c.views:>5}  {fmt(c.own_score):<5}  {near}")
+        for flag in c.flags(threshold):
+            print(f"{'':<{width}}  ! {flag}")
+    worst = reject_all_threshold(checks)
+    own = [c.own_score for c in checks if c.own_score is not None]
+    print(f"threshold {threshold:.3f} (from {source})", file=sys.stderr)
+    if worst is not None:
+        print(
+            f"left out of the set, a product would score up to {worst:.3f} against the others "
+            "(a threshold above that rejects such look-alikes)",
+            file=sys.stderr,
+        )
+    if own:
+        print(
+            f"the stored views of a product match each other at {min(own):.3f} or more (new "
+            "photos of it usually score lower)",
+            file=sys.stderr,
+        )
     return EXIT_OK
 
 
