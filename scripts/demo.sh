@@ -85,7 +85,7 @@ step "checking the events against the scene's ground truth"
 status=0
 "$PY" demo/demo.py report --truth "$WORK/scene.json" --events "$WORK/events.jsonl" || status=$?
 if [ "$KEEP" = 1 ]; then
-  echo "work folder kept: $WORK (scene.avi, scene.json, events.jsonl: the raw JSON events, crops/)"
+  echo "work folder kept: $WORK (scene.avi, scene.json, events.jsonl: the raw JSON events, crops/, products.db)"
 fi
 echo "finished in ${SECONDS}s"
 exit "$status"
