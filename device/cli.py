@@ -296,18 +296,13 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
 
 def _check_products(gallery: Any, cfg: Config, *, as_json: bool) -> int:
     from .audit import check_products, reject_all_threshold
-    from .service import bundle_threshold
+    from .service import matching_threshold
 
     with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
+        threshold, source = matching_threshold(cfg, embedder)
         if gallery.stale_views(embedder.model_id):
             gallery.reembed(embedder)  # as `run` would: views of an older model are re-embedded
         emb, labels = gallery.load(embedder.model_id)
-        threshold = cfg.matcher.threshold
-        source = "[matcher] threshold"
-        if threshold is None:
-            threshold, source = bundle_threshold(embedder), "the model bundle"
-    if threshold is None:
-        raise ValueError("no threshold: set [matcher] threshold or use a calibrated model bundle")
     checks = check_products(emb, labels) if labels else []
     if as_json:
         for c in checks:

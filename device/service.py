@@ -64,9 +64,18 @@ def make_notifier() -> Any:
     return Notifier()
 
 
-def bundle_threshold(embedder: EmbedderLike) -> float | None:
-    meta = getattr(embedder, "meta", None)
-    return getattr(meta, "threshold", None)
+def matching_threshold(config: Config, embedder: EmbedderLike) -> tuple[float, str]:
+    """The threshold the matcher uses and where it comes from: [matcher] threshold when set,
+    otherwise the bundle's calibrated one."""
+    if config.matcher.threshold is not None:
+        return float(config.matcher.threshold), "[matcher] threshold"
+    threshold = getattr(getattr(embedder, "meta", None), "threshold", None)
+    if threshold is None:
+        raise ValueError(
+            "the model bundle has no calibrated threshold (model.json threshold is null): "
+            "run `python -m training calibrate` before converting, or set [matcher] threshold"
+        )
+    return float(threshold), "the model bundle"
 
 
 class Recognizer:
@@ -84,15 +93,7 @@ class Recognizer:
         self.gallery = gallery
         self.config = config
         self.notifier = notifier or NullNotifier()
-        threshold = config.matcher.threshold
-        if threshold is None:
-            threshold = bundle_threshold(embedder)
-        if threshold is None:
-            raise ValueError(
-                "the model bundle has no calibrated threshold (model.json threshold is null): "
-                "run `python -m training calibrate` before converting, or set [matcher] threshold"
-            )
-        self.threshold = float(threshold)
+        self.threshold, _ = matching_threshold(config, embedder)
         self.matcher = Matcher(
             np.zeros((0, 1), np.float32),
             [],
