@@ -33,7 +33,9 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 # As `python -m device` does (device/__main__.py): one BLAS thread, set before numpy is imported.
 for _var in ("OPENBLAS_NUM_THREADS", "OMP_NUM_THREADS", "MKL_NUM_THREADS"):
@@ -124,6 +126,18 @@ def fill_gallery(db: Path, n_products: int, dim: int, model_id: str, views: int 
             )
 
 
+def timed(fn: Callable[..., Any], sink: list[float]) -> Callable[..., Any]:
+    """`fn`, appending the seconds of each call to `sink`."""
+
+    def wrapper(*args: Any, **kwargs: Any) -> Any:
+        t0 = time.perf_counter()
+        out = fn(*args, **kwargs)
+        sink.append(time.perf_counter() - t0)
+        return out
+
+    return wrapper
+
+
 def frame_costs(model: Path, threads: int, products: int, tmp: Path) -> dict[str, float]:
     from device.embedder import Embedder
     from device.service import Service
@@ -136,52 +150,22 @@ def frame_costs(model: Path, threads: int, products: int, tmp: Path) -> dict[str
     source = BankSource(scene, placements, hold, gap, lead_in)
     with Embedder(model, num_threads=threads) as emb:
         fill_gallery(Path(cfg.gallery.path), products, emb.dim, emb.model_id)
-        calls: list[float] = []  # the interpreter call (set, invoke, get) inside each frame
-        run = emb._run
-
-        def timed_run(tensor: np.ndarray) -> np.ndarray:
-            t0 = time.perf_counter()
-            out = run(tensor)
-            calls.append(time.perf_counter() - t0)
-            return out
-
-        emb._run = timed_run  # type: ignore[method-assign]
         import device.embedder as embedder_module
 
-        prepare = embedder_module.prepare
+        calls: list[float] = []  # the interpreter call (set, invoke, get) inside each frame
         prep: list[float] = []  # preprocessing (resize + colour order of the crop) in each frame
-
-        def timed_prepare(*a: object, **k: object) -> np.ndarray:
-            t0 = time.perf_counter()
-            out = prepare(*a, **k)
-            prep.append(time.perf_counter() - t0)
-            return out
-
-        embedder_module.prepare = timed_prepare
+        prepare = embedder_module.prepare
+        emb._run = timed(emb._run, calls)  # type: ignore[method-assign]
+        embedder_module.prepare = timed(prepare, prep)
         with Gallery(cfg.gallery.path) as g:
             service = Service(
                 cfg, source_factory=lambda: source, embedder=emb, gallery=g, out=io.StringIO()
             )
             detect_times: list[float] = []  # detection on every frame (kept for recognised ones)
             match_times: list[float] = []
-            detect = service.detector.detect
             matcher = service.recognizer.matcher
-
-            def timed_detect(frame: np.ndarray) -> object:
-                t0 = time.perf_counter()
-                out = detect(frame)
-                detect_times.append(time.perf_counter() - t0)
-                return out
-
-            def timed_match(query: np.ndarray) -> object:
-                t0 = time.perf_counter()
-                out = matcher_match(query)
-                match_times.append(time.perf_counter() - t0)
-                return out
-
-            matcher_match = matcher.match
-            service.detector.detect = timed_detect  # type: ignore[method-assign]
-            matcher.match = timed_match  # type: ignore[method-assign]
+            service.detector.detect = timed(service.detector.detect, detect_times)  # type: ignore[method-assign]
+            matcher.match = timed(matcher.match, match_times)  # type: ignore[method-assign]
             empty, recog, embed_only, recog_detect = [], [], [], []
             learn = cfg.detector.learn_frames
             n = 0

@@ -73,9 +73,7 @@ class Matcher:
             else np.zeros(0, np.int64)
         )
         self._ends = np.r_[self._starts[1:], len(perm)].astype(np.int64)
-        self._view_product = np.repeat(
-            np.arange(len(self._starts)), np.diff(np.r_[self._starts, len(perm)])
-        )
+        self._view_product = np.repeat(np.arange(len(self._starts)), self._ends - self._starts)
 
     @property
     def n_views(self) -> int:
