@@ -21,8 +21,11 @@ HEAD_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
     "softmax": (None, None),
 }
 
-# Keras ships ImageNet weights for MobileNetV2 only at these input sizes and widths.
+# Keras ships ImageNet weights for MobileNetV2 only at these input sizes and widths. Other sizes
+# start from the 224 px weights, as Keras itself does: convolution weights do not depend on the
+# input size, and fine-tuning adapts them.
 IMAGENET_SIZES = (96, 128, 160, 192, 224)
+IMAGENET_FALLBACK_SIZE = 224
 IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MIN_INPUT_SIZE = 32
 
@@ -87,6 +90,11 @@ class FitConfig:
         return data
 
 
+def imagenet_weight_size(input_size: int) -> int:
+    """The input size whose ImageNet weights a backbone of `input_size` starts from."""
+    return input_size if input_size in IMAGENET_SIZES else IMAGENET_FALLBACK_SIZE
+
+
 def validate_backbone(input_size: int, alpha: float, weights: str | None) -> None:
     """Reject MobileNetV2 settings it cannot take, with what to use instead."""
     if not isinstance(input_size, int) or isinstance(input_size, bool):
@@ -97,17 +105,11 @@ def validate_backbone(input_size: int, alpha: float, weights: str | None) -> Non
         )
     if not alpha > 0:
         raise ValueError(f"alpha must be > 0, got {alpha}")
-    if weights == "imagenet":
-        if input_size not in IMAGENET_SIZES:
-            raise ValueError(
-                f"input size {input_size} has no ImageNet weights for MobileNetV2: use one of "
-                f"{', '.join(map(str, IMAGENET_SIZES))}, or --weights none to train from scratch"
-            )
-        if alpha not in IMAGENET_ALPHAS:
-            raise ValueError(
-                f"alpha {alpha} has no ImageNet weights for MobileNetV2: use one of "
-                f"{', '.join(map(str, IMAGENET_ALPHAS))}, or --weights none"
-            )
+    if weights == "imagenet" and alpha not in IMAGENET_ALPHAS:
+        raise ValueError(
+            f"alpha {alpha} has no ImageNet weights for MobileNetV2: use one of "
+            f"{', '.join(map(str, IMAGENET_ALPHAS))}, or --weights none"
+        )
 
 
 def validate(cfg: FitConfig) -> None:

@@ -24,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .config import validate_backbone
+from .config import imagenet_weight_size, validate_backbone
 from .heads import make_head
 
 log = logging.getLogger(__name__)
@@ -90,7 +90,10 @@ def _backbone_weights(weights: str | None, alpha: float, input_size: int) -> str
     if not is_pretrained(weights):
         return None
     if weights == "imagenet":
-        return _imagenet_file(alpha, input_size) or "imagenet"
+        size = imagenet_weight_size(input_size)
+        if size != input_size:
+            log.info("no ImageNet weights at %d px: starting from the %d px ones", input_size, size)
+        return _imagenet_file(alpha, size) or "imagenet"
     path = Path(str(weights))
     if not path.is_file():
         raise ValueError(

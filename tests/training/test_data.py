@@ -179,8 +179,6 @@ def test_cli_reports_bad_input_as_an_error_exit(
     )
     assert code == 2
     assert "only one class" in capsys.readouterr().err
-    code = main(
-        ["fit", str(FIXTURE / "train"), "--out", str(tmp_path / "r"), "--input-size", "100"]
-    )
+    code = main(["fit", str(FIXTURE / "train"), "--out", str(tmp_path / "r"), "--alpha", "0.6"])
     assert code == 2
-    assert "no ImageNet weights" in capsys.readouterr().err
+    assert "alpha 0.6 has no ImageNet weights" in capsys.readouterr().err

@@ -94,10 +94,17 @@ def test_unfreezing_goes_from_the_top_and_keeps_batchnorm_frozen() -> None:
     )
 
 
+def test_sizes_without_imagenet_weights_start_from_the_224_px_ones() -> None:
+    from training.config import imagenet_weight_size
+
+    assert [imagenet_weight_size(s) for s in (96, 160, 224)] == [96, 160, 224]
+    assert imagenet_weight_size(288) == 224 and imagenet_weight_size(100) == 224
+    FitConfig(input_size=288, alpha=1.0)  # accepted with weights="imagenet"
+
+
 @pytest.mark.parametrize(
     ("kwargs", "match"),
     [
-        ({"input_size": 100, "weights": "imagenet"}, "no ImageNet weights"),
         ({"input_size": 16, "weights": None}, "at least 32"),
         ({"input_size": 96, "alpha": 0.6, "weights": "imagenet"}, "alpha 0.6"),
     ],
