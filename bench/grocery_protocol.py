@@ -1,8 +1,8 @@
 """Grocery protocol v1, end to end for one head, and a row in docs/BENCHMARKS.md per model.
 
     python bench/grocery_protocol.py --head arcface --input-size 160 --epochs 12 --frozen-epochs 3 \\
-        --data /work/shared/data/grocery --out runs/bench-arcface
-    python bench/grocery_protocol.py --head imagenet --data /work/shared/data/grocery \\
+        --data ../shared/data/grocery --out runs/bench-arcface
+    python bench/grocery_protocol.py --head imagenet --data ../shared/data/grocery \\
         --out runs/bench-imagenet
 
 Steps (each printed and logged to OUT/bench.log; each skipped when its output already exists, so
@@ -378,15 +378,25 @@ def main(argv: list[str] | None = None) -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     p.add_argument("--head", required=True, choices=HEADS)
-    p.add_argument("--data", type=Path, default=Path("/work/shared/data/grocery"))
+    p.add_argument(
+        "--data",
+        type=Path,
+        default=REPO.parent / "shared" / "data" / "grocery",
+        help="the Grocery Store Dataset folder (default: ../shared/data/grocery beside the repo)",
+    )
     p.add_argument("--protocol", type=Path, help="default: DATA/protocol.json")
     p.add_argument("--out", type=Path, required=True)
     p.add_argument("--input-size", type=int, help="default 160 (224 for --head imagenet)")
-    p.add_argument("--alpha", type=float, default=1.0)
+    p.add_argument("--alpha", type=float, default=1.0, help="MobileNetV2 width (default 1.0)")
     p.add_argument("--epochs", type=int, default=12)
     p.add_argument("--frozen-epochs", type=int, default=3)
-    p.add_argument("--shots", type=int, default=4)
-    p.add_argument("--target-far", type=float, default=0.01)
+    p.add_argument("--shots", type=int, default=4, help="enrollment shots per product (default 4)")
+    p.add_argument(
+        "--target-far",
+        type=float,
+        default=0.01,
+        help="false-accept rate the threshold is calibrated for (default 0.01)",
+    )
     p.add_argument(
         "--fit-arg",
         action="append",
@@ -400,8 +410,12 @@ def main(argv: list[str] | None = None) -> int:
         help="keep every K-th training class out of fit and calibrate the threshold on those "
         "(products the model never saw); 0 = calibrate on the training classes' val/ images",
     )
-    p.add_argument("--skip-int8", action="store_true")
-    p.add_argument("--recalibrate", action="store_true")
+    p.add_argument("--skip-int8", action="store_true", help="the float model only: no conversion")
+    p.add_argument(
+        "--recalibrate",
+        action="store_true",
+        help="calibrate again although the run has a threshold",
+    )
     p.add_argument("--no-row", action="store_true", help="do not append to docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")

@@ -32,14 +32,30 @@ STATE="$ROOT/var/lib/$NAME"
 # Check the bundle with the device's own reader: both files present, model.json valid, and the
 # .tflite the one model.json describes (sha256). Only the standard library is needed for that.
 CODE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
-PYTHONPATH="$CODE" "${PYTHON:-python3}" - "$BUNDLE" <<'EOF' || die "not deploying $BUNDLE"
+# A bundle without a calibrated threshold only runs where the config sets one: refuse it otherwise,
+# here, rather than let the service fail on its next start.
+PYTHONPATH="$CODE" "${PYTHON:-python3}" - "$BUNDLE" "$ROOT/etc/$NAME/config.toml" <<'EOF' || die "not deploying $BUNDLE"
 import sys
+import tomllib
 from device.bundle import read_bundle_meta
 from device.errors import BundleError
 try:
     meta = read_bundle_meta(sys.argv[1])
 except BundleError as exc:
     sys.exit(f"deploy-model.sh: {exc}")
+if meta.threshold is None:
+    try:
+        with open(sys.argv[2], "rb") as fh:
+            configured = tomllib.load(fh).get("matcher", {}).get("threshold")
+    except (OSError, tomllib.TOMLDecodeError):
+        configured = None
+    if configured is None:
+        sys.exit(
+            f"deploy-model.sh: {sys.argv[1]} has no calibrated threshold (model.json threshold "
+            f"is null) and {sys.argv[2]} sets no [matcher] threshold: calibrate the run "
+            "(python -m training calibrate RUN_DIR) and convert it again, or set the threshold "
+            "in the config first"
+        )
 print(f"bundle {meta.name}: {meta.input.height}x{meta.input.width} {meta.input.dtype}, "
       f"{meta.output.embedding_dim}-d, threshold {meta.threshold}, model id {meta.model_id[:12]}")
 EOF

@@ -16,11 +16,20 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from .config import HEAD_DEFAULTS, HEADS, STRATEGIES, FitConfig
+from .config import HEAD_DEFAULTS, HEADS, STRATEGIES, FitConfig, is_pretrained
 
 log = logging.getLogger(__name__)
 
 PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
+
+
+class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
+    """Shows defaults, except the None of options whose help says what they fall back to."""
+
+    def _get_help_string(self, action: argparse.Action) -> str:
+        if action.default is None or action.required:
+            return action.help or ""
+        return super()._get_help_string(action)
 
 
 def _unfreeze(text: str) -> tuple[float, ...]:
@@ -48,7 +57,7 @@ def add_fit_parser(sub: Any) -> None:
         help="train an embedding extractor on folder-per-class images",
         description="Train MobileNetV2 + a margin head on DATA_DIR/<class>/*.jpg (or DATA_DIR/train "
         "and DATA_DIR/val of that shape) and write RUN_DIR.",
-        formatter_class=argparse.ArgumentDefaultsHelpFormatter,
+        formatter_class=_DefaultsShown,
     )
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder")
@@ -62,11 +71,23 @@ def add_fit_parser(sub: Any) -> None:
     p.add_argument("--scale", type=float, default=None, help="logit scale s (default: the head's)")
     p.add_argument("--margin", type=float, default=None, help="margin m (default: the head's)")
     p.add_argument("--easy-margin", action="store_true", help="ArcFace: margin only where cos > 0")
-    p.add_argument("--sphereface-lambda", type=float, default=d["sphereface_lambda"].default)
+    p.add_argument(
+        "--sphereface-lambda",
+        type=float,
+        default=d["sphereface_lambda"].default,
+        help="SphereFace: weight of the plain cosine in its softened target (lam*cos + psi)/(1 + lam), fixed at the paper's final value",
+    )
     p.add_argument("--alpha", type=float, default=d["alpha"].default, help="MobileNetV2 width")
     p.add_argument("--input-size", type=int, default=d["input_size"].default, help="pixels")
-    p.add_argument("--embedding-dim", type=int, default=d["embedding_dim"].default)
-    p.add_argument("--dropout", type=float, default=d["dropout"].default)
+    p.add_argument(
+        "--embedding-dim",
+        type=int,
+        default=d["embedding_dim"].default,
+        help="size of the embedding the device stores and matches",
+    )
+    p.add_argument(
+        "--dropout", type=float, default=d["dropout"].default, help="before the embedding layer"
+    )
     p.add_argument(
         "--weights",
         type=_weights,
@@ -88,9 +109,11 @@ def add_fit_parser(sub: Any) -> None:
     p.add_argument(
         "--unfreeze",
         type=_unfreeze,
-        default=d["unfreeze"].default,
+        default=None,
         help="fractions of backbone blocks unfrozen (top first), one stage each, sharing the "
-        "remaining epochs evenly; 'all' or 'none'",
+        "remaining epochs evenly; 'all' or 'none' (default: "
+        + ",".join(map(str, d["unfreeze"].default))
+        + "; 'all' with --weights none, as a random backbone has nothing to keep frozen)",
     )
     p.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate, frozen stage")
     p.add_argument(
@@ -112,7 +135,9 @@ def add_fit_parser(sub: Any) -> None:
         help="a subset: comma-separated names, a file with one per line, or a JSON list / "
         "protocol.json (its train_classes)",
     )
-    p.add_argument("--seed", type=int, default=d["seed"].default)
+    p.add_argument(
+        "--seed", type=int, default=d["seed"].default, help="validation split, shuffling, init"
+    )
     p.add_argument("--no-augment", action="store_true", help="no augmentation")
     p.add_argument(
         "--flip", action="store_true", help="random horizontal flips (off: packaging text)"
@@ -136,6 +161,9 @@ def add_fit_parser(sub: Any) -> None:
 def config_from_args(args: argparse.Namespace) -> FitConfig:
     from .data import parse_classes
 
+    unfreeze = args.unfreeze
+    if unfreeze is None:
+        unfreeze = FitConfig.unfreeze if is_pretrained(args.weights) else (1.0,)
     return FitConfig(
         head=args.head,
         alpha=args.alpha,
@@ -149,7 +177,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         sphereface_lambda=args.sphereface_lambda,
         epochs=args.epochs,
         frozen_epochs=args.frozen_epochs,
-        unfreeze=args.unfreeze,
+        unfreeze=unfreeze,
         batch_size=args.batch_size,
         lr=args.lr,
         finetune_lr=args.finetune_lr,

@@ -90,6 +90,10 @@ class FitConfig:
         return data
 
 
+def is_pretrained(weights: str | None) -> bool:
+    return weights is not None and str(weights).lower() != "none"
+
+
 def imagenet_weight_size(input_size: int) -> int:
     """The input size whose ImageNet weights a backbone of `input_size` starts from."""
     return input_size if input_size in IMAGENET_SIZES else IMAGENET_FALLBACK_SIZE

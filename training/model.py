@@ -24,7 +24,7 @@ from typing import Any
 import keras
 import numpy as np
 
-from .config import imagenet_weight_size, validate_backbone
+from .config import imagenet_weight_size, is_pretrained, validate_backbone
 from .heads import make_head
 
 log = logging.getLogger(__name__)
@@ -52,10 +52,6 @@ class L2Normalize(keras.layers.Layer):
 
     def get_config(self) -> dict[str, Any]:
         return {**super().get_config(), "epsilon": self.epsilon}
-
-
-def is_pretrained(weights: str | None) -> bool:
-    return weights is not None and str(weights).lower() != "none"
 
 
 _HDF5_SIGNATURE = b"\x89HDF\r\n\x1a\n"

@@ -200,7 +200,7 @@ def test_pi_requirements_leave_numpy_to_apt() -> None:
     )
 
 
-def _real_bundle(path: Path) -> Path:
+def _real_bundle(path: Path, threshold: float | None = 0.5) -> Path:
     """A bundle whose model.json passes device.bundle's checks (sha256 of the .tflite)."""
     from device.bundle import (
         BundleMeta,
@@ -220,7 +220,7 @@ def _real_bundle(path: Path) -> Path:
         input=InputSpec(height=96, width=96, quantization=Quantization(1.0, 0)),
         output=OutputSpec(embedding_dim=32),
         provenance=Provenance(source_run="test", quantization="int8", created="now"),
-        threshold=0.5,
+        threshold=threshold,
     )
     write_bundle_meta(path, meta)
     return path
@@ -247,3 +247,14 @@ def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path)
     proc = run(deploy, str(broken), "--root", str(root))
     assert proc.returncode != 0 and "does not match" in proc.stderr
     assert (model / "model.tflite").read_bytes() == b"TFL3 new-model"
+
+    # A bundle without a threshold is refused unless the config sets one.
+    uncalibrated = _real_bundle(tmp_path / "uncalibrated", threshold=None)
+    proc = run(deploy, str(uncalibrated), "--root", str(root), "--no-restart")
+    assert proc.returncode != 0 and "no calibrated threshold" in proc.stderr
+    assert (model / "model.tflite").read_bytes() == b"TFL3 new-model"
+    config = root / "etc/prodrec/config.toml"
+    config.write_text(config.read_text().replace("# threshold = 0.45", "threshold = 0.6"))
+    proc = run(deploy, str(uncalibrated), "--root", str(root), "--no-restart")
+    assert proc.returncode == 0, proc.stderr
+    assert (model / "model.tflite").read_bytes() == b"TFL3 uncalibrated"

@@ -182,3 +182,16 @@ def test_cli_reports_bad_input_as_an_error_exit(
     code = main(["fit", str(FIXTURE / "train"), "--out", str(tmp_path / "r"), "--alpha", "0.6"])
     assert code == 2
     assert "alpha 0.6 has no ImageNet weights" in capsys.readouterr().err
+
+
+def test_a_random_backbone_is_unfrozen_whole_unless_told_otherwise() -> None:
+    from training.cli import build_parser, config_from_args
+
+    def unfreeze(*extra: str) -> tuple[float, ...]:
+        args = build_parser().parse_args(["fit", "data", "--out", "run", *extra])
+        return config_from_args(args).unfreeze
+
+    assert unfreeze() == (0.25, 0.5)  # ImageNet start: only the top is fine-tuned
+    assert unfreeze("--weights", "none") == (1.0,)
+    assert unfreeze("--weights", "none", "--unfreeze", "0.5") == (0.5,)
+    assert unfreeze("--unfreeze", "none") == ()
