@@ -147,15 +147,23 @@ def write_bundle_meta(bundle_dir: str | Path, meta: BundleMeta) -> Path:
     return path
 
 
+def bundle_dir_of(path: str | Path) -> Path:
+    """The bundle directory meant by `path`: the directory itself, or the folder of a model.json
+    or .tflite file in it (people point --model at either file as often as at the folder)."""
+    path = Path(path)
+    if path.name == META_FILE or (path.suffix == ".tflite" and path.is_file()):
+        return path.parent
+    return path
+
+
 def read_bundle_meta(bundle_dir: str | Path, *, verify_model_id: bool = True) -> BundleMeta:
-    """Read and validate `model.json` of a bundle directory (or the path of a model.json).
+    """Read and validate `model.json` of a bundle directory (or of the folder of a model.json or
+    .tflite path, see `bundle_dir_of`).
 
     Raises BundleError with what to do when the bundle is missing, malformed, or its .tflite does
     not match the recorded model id.
     """
-    bundle_dir = Path(bundle_dir)
-    if bundle_dir.name == META_FILE:
-        bundle_dir = bundle_dir.parent
+    bundle_dir = bundle_dir_of(bundle_dir)
     meta_path = bundle_dir / META_FILE
     if not bundle_dir.is_dir():
         raise BundleError(
@@ -218,6 +226,27 @@ def _finite(value: Any, where: str) -> float:
     if not isinstance(value, (int, float)) or isinstance(value, bool) or not math.isfinite(value):
         raise BundleError(f"{where}: expected a number, got {value!r}")
     return float(value)
+
+
+def _bool(value: Any, where: str) -> bool:
+    # Not bool(value): the string "no" would be true.
+    if not isinstance(value, bool):
+        raise BundleError(
+            f"{where}: expected true or false, got {value!r}; re-run `python -m convert`"
+        )
+    return value
+
+
+def _object(value: Any, where: str) -> dict[str, Any]:
+    """An optional JSON object (absent or null: empty)."""
+    if value is None:
+        return {}
+    if not isinstance(value, dict):
+        raise BundleError(
+            f"{where}: expected a JSON object (or null), got {type(value).__name__} {value!r}; "
+            "re-run `python -m convert`"
+        )
+    return dict(value)
 
 
 def _choice(value: Any, choices: tuple[str, ...], where: str) -> str:
@@ -286,7 +315,7 @@ def _parse(data: Any, where: str) -> BundleMeta:
             _req(out, "embedding_dim", where), f"{where}.output.embedding_dim"
         ),
         dtype=_choice(out.get("dtype", "float32"), OUTPUT_DTYPES, f"{where}.output.dtype"),
-        l2_normalized=bool(out.get("l2_normalized", True)),
+        l2_normalized=_bool(out.get("l2_normalized", True), f"{where}.output.l2_normalized"),
         quantization=_quant(out.get("quantization"), f"{where}.output.quantization"),
     )
     if output_spec.dtype != "float32" and output_spec.quantization is None:
@@ -301,7 +330,7 @@ def _parse(data: Any, where: str) -> BundleMeta:
         source_run=str(_req(prov, "source_run", f"{where}.provenance")),
         quantization=str(_req(prov, "quantization", f"{where}.provenance")),
         created=str(_req(prov, "created", f"{where}.provenance")),
-        forced=bool(prov.get("forced", False)),
+        forced=_bool(prov.get("forced", False), f"{where}.provenance.forced"),
         tool=str(prov.get("tool", "")),
         tensorflow=str(prov.get("tensorflow", "")),
     )
@@ -335,9 +364,9 @@ def _parse(data: Any, where: str) -> BundleMeta:
         output=output_spec,
         provenance=provenance,
         threshold=threshold,
-        threshold_info=dict(data.get("threshold_info") or {}),
+        threshold_info=_object(data.get("threshold_info"), f"{where}.threshold_info"),
         classes=tuple(classes),
-        parity=dict(data.get("parity") or {}),
+        parity=_object(data.get("parity"), f"{where}.parity"),
         model_file=model_file,
         format_version=version,
     )

@@ -9,10 +9,12 @@ device.camera` works on any machine.
 from __future__ import annotations
 
 import logging
+import os
+import stat
 import time
 from pathlib import Path
 from types import TracebackType
-from typing import Protocol, runtime_checkable
+from typing import Any, Protocol, runtime_checkable
 
 import numpy as np
 
@@ -21,6 +23,18 @@ from .errors import CameraError
 from .images import list_images, load_image
 
 logger = logging.getLogger(__name__)
+
+# How long OpenCV's FFmpeg backend may wait to open a network stream or for its next frame. Its
+# default is 30 s, and while OpenCV blocks no Python signal handler runs: a stalled camera would
+# delay SIGTERM past systemd's TimeoutStopSec (20 s) and starve its 30 s watchdog. A read that
+# times out fails like an unplugged camera, and the service retries it with back-off.
+STREAM_TIMEOUT_S = 5.0
+
+PICAMERA2_SPECS = ("picamera2", "picam", "picamera")
+
+
+class CameraLibraryMissingError(CameraError):
+    """The library a camera source needs is not installed: retrying cannot help."""
 
 
 @runtime_checkable
@@ -62,8 +76,47 @@ def _as_bgr(frame: np.ndarray) -> np.ndarray:
     return frame
 
 
+def is_url(spec: str) -> bool:
+    """True for a network stream such as rtsp://host/stream or http://host/video.mjpg."""
+    return "://" in spec
+
+
+def is_video_device(spec: str) -> bool:
+    """True for an existing character device such as /dev/video0 (or a /dev/v4l/by-id/...
+    symlink to one): a live V4L2 camera, unlike a video file."""
+    try:
+        return stat.S_ISCHR(os.stat(spec).st_mode)
+    except (OSError, ValueError):  # missing, unreadable, or not a valid path at all
+        return False
+
+
+def _names_video_device(spec: str) -> bool:
+    """A path that names a V4L2 camera even while it is missing (unplugged)."""
+    return spec.startswith(("/dev/video", "/dev/v4l/"))
+
+
+def _has_backend(cv2: Any, name: str) -> bool:
+    """True when this OpenCV build has the VideoCapture backend `name` (e.g. "CAP_FFMPEG")."""
+    if not hasattr(cv2, name):
+        return False
+    registry = getattr(cv2, "videoio_registry", None)
+    return registry is None or bool(registry.hasBackend(getattr(cv2, name)))
+
+
+def _stream_params(cv2: Any, timeout_s: float) -> list[int] | None:
+    """VideoCapture params bounding FFmpeg's open and read waits; None when unsupported."""
+    names = ("CAP_PROP_OPEN_TIMEOUT_MSEC", "CAP_PROP_READ_TIMEOUT_MSEC")
+    if not all(hasattr(cv2, n) for n in names):  # OpenCV < 4.5.2
+        return None
+    if not _has_backend(cv2, "CAP_FFMPEG"):
+        return None  # e.g. a GStreamer-only build: the timeouts are FFmpeg's
+    ms = int(timeout_s * 1000)
+    return [getattr(cv2, names[0]), ms, getattr(cv2, names[1]), ms]
+
+
 class OpenCVSource(_SourceBase):
-    """cv2.VideoCapture: a USB camera index, a video file, or an RTSP/HTTP URL."""
+    """cv2.VideoCapture: a USB camera index or device (/dev/video0), a video file, or an
+    RTSP/HTTP URL."""
 
     def __init__(
         self,
@@ -72,22 +125,46 @@ class OpenCVSource(_SourceBase):
         width: int | None = None,
         height: int | None = None,
         fps: float | None = None,
+        timeout_s: float = STREAM_TIMEOUT_S,
     ) -> None:
         import cv2
 
         self.spec = spec
         self.finite = isinstance(spec, str) and Path(spec).is_file()
-        if isinstance(spec, str) and not self.finite and "://" not in spec:
+        device = isinstance(spec, str) and is_video_device(spec)
+        if isinstance(spec, str) and not (self.finite or device or is_url(spec)):
+            if _names_video_device(spec):
+                # An unplugged camera: a CameraError, so the service retries it like an index.
+                raise CameraError(
+                    f"video device {spec} does not exist: check the camera is plugged in "
+                    "(ls /dev/video* /dev/v4l/by-id/)"
+                )
             raise ValueError(
-                f"video source {spec!r} is neither an existing file or folder, a URL nor a camera "
-                "index; check [camera] source / --source"
+                f"video source {spec!r} is neither an existing file or folder, a video device, a "
+                "URL nor a camera index; check [camera] source / --source"
             )
-        self._cap = cv2.VideoCapture(spec)
+        if timeout_s <= 0:
+            raise ValueError(f"timeout_s must be positive, got {timeout_s!r}")
+        params = _stream_params(cv2, timeout_s) if isinstance(spec, str) and is_url(spec) else None
+        if params is not None:
+            self._cap = cv2.VideoCapture(spec, cv2.CAP_FFMPEG, params)
+        elif device and _has_backend(cv2, "CAP_V4L2"):
+            # By name, OpenCV would try FFmpeg and GStreamer on the device node first.
+            self._cap = cv2.VideoCapture(spec, cv2.CAP_V4L2)
+        else:
+            if isinstance(spec, str) and is_url(spec):
+                logger.warning(
+                    "OpenCV %s cannot bound the wait for a network stream: a stalled stream can "
+                    "block for about 30 s (install OpenCV 4.5.2+ with FFmpeg)",
+                    cv2.__version__,
+                )
+            self._cap = cv2.VideoCapture(spec)
         if not self._cap.isOpened():
             self._cap.release()
             raise CameraError(
-                f"cannot open video source {spec!r}: check the camera is plugged in (ls /dev/video*) "
-                "and not used by another program, or that the file/URL is right"
+                f"cannot open video source {spec!r}: check the camera is plugged in (ls /dev/video*), "
+                "not used by another program and readable by this user (the video group), or that "
+                "the file/URL is right"
             )
         if not self.finite:  # a file has its own size and rate
             if width and height:
@@ -104,7 +181,9 @@ class OpenCVSource(_SourceBase):
         if not ok or frame is None:
             if self.finite:
                 return None
-            raise CameraError(f"video source {self.spec!r} delivered no frame (unplugged?)")
+            raise CameraError(
+                f"video source {self.spec!r} delivered no frame (unplugged, or the stream stalled?)"
+            )
         return _as_bgr(frame)
 
     def close(self) -> None:
@@ -149,20 +228,37 @@ class FolderSource(_SourceBase):
             raise CameraError(f"frame {path} is unreadable: {exc}") from exc
 
 
+def _import_picamera2() -> Any:
+    """picamera2's Picamera2 class; CameraLibraryMissingError (not worth retrying) when it cannot be
+    imported."""
+    try:
+        from picamera2 import Picamera2  # type: ignore[import-not-found]
+    except ImportError as exc:
+        raise CameraLibraryMissingError(
+            f"picamera2 cannot be imported ({exc}): on Raspberry Pi OS `sudo apt install "
+            "python3-picamera2` and create the venv with --system-site-packages (or run "
+            'systemd/install.sh); elsewhere use a USB camera index (source = "0"), a video file '
+            "or a folder"
+        ) from exc
+    return Picamera2
+
+
+def check_source_library(spec: str) -> None:
+    """Raise CameraLibraryMissingError at once when the library `spec` needs is not installed.
+
+    A missing library is not a transient camera fault: the service must stop with the install
+    hint instead of retrying it forever (a camera that is present but fails is retried)."""
+    if spec.strip().lower() in PICAMERA2_SPECS:
+        _import_picamera2()
+
+
 class Picamera2Source(_SourceBase):
     """A Raspberry Pi camera through picamera2 (libcamera)."""
 
     def __init__(self, *, width: int = 640, height: int = 480, fps: float = 15.0) -> None:
+        picamera2_cls = _import_picamera2()
         try:
-            from picamera2 import Picamera2  # type: ignore[import-not-found]
-        except ImportError as exc:
-            raise CameraError(
-                "picamera2 is not installed: on Raspberry Pi OS `sudo apt install python3-picamera2` "
-                "and create the venv with --system-site-packages; elsewhere use a USB camera index "
-                '(source = "0"), a video file or a folder'
-            ) from exc
-        try:
-            self._cam = Picamera2()
+            self._cam = picamera2_cls()
             # "RGB888" in libcamera's naming is B,G,R byte order in memory: OpenCV's BGR.
             cfg = self._cam.create_video_configuration(
                 main={"size": (width, height), "format": "RGB888"},
@@ -197,9 +293,12 @@ class Picamera2Source(_SourceBase):
 
 
 def is_live_spec(spec: str) -> bool:
-    """True for cameras and network streams (worth retrying when they fail), False for files,
-    folders and synthetic scenes (a failure there is final)."""
+    """True for cameras (also video devices such as /dev/video0, present or unplugged) and network
+    streams, worth retrying when they fail; False for files, folders and synthetic scenes (a
+    failure there is final)."""
     spec = spec.strip()
+    if is_video_device(spec) or _names_video_device(spec):
+        return True
     return not (spec.startswith("synthetic:") or Path(spec).exists())
 
 
@@ -210,12 +309,13 @@ def open_source(
 
     "picamera2" | "picam"          -> Picamera2Source
     "0", "1", ...                  -> OpenCVSource(camera index)
+    "/dev/video0", /dev/v4l/...    -> OpenCVSource(V4L2 camera device)
     an existing directory          -> FolderSource (paced to fps when `realtime`)
     "synthetic:PHOTOS_DIR[:SEED]"  -> a generated scene (device.synthetic)
     anything else                  -> OpenCVSource (video file or URL)
     """
     spec = spec.strip()
-    if spec.lower() in ("picamera2", "picam", "picamera"):
+    if spec.lower() in PICAMERA2_SPECS:
         return Picamera2Source(width=width, height=height, fps=fps)
     if spec.isdigit():
         return OpenCVSource(int(spec), width=width, height=height, fps=fps)

@@ -12,6 +12,7 @@ import json
 import logging
 import signal
 import sys
+import tempfile
 import threading
 from collections.abc import Callable, Sequence
 from pathlib import Path
@@ -30,9 +31,11 @@ EmbedderFactory = Callable[[str, int], Any]
 
 
 def _load_embedder(path: str, num_threads: int) -> Any:
+    from .bundle import bundle_dir_of
     from .embedder import Embedder
 
-    return Embedder(path, num_threads=num_threads)
+    # --model may name the bundle's model.json or .tflite instead of its folder.
+    return Embedder(bundle_dir_of(path), num_threads=num_threads)
 
 
 embedder_factory: EmbedderFactory = _load_embedder
@@ -49,15 +52,18 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="only check the config file: print OK or the problem, exit 0 or 2",
     )
-    common.add_argument("--model", help="model bundle directory (overrides [model] path)")
+    common.add_argument(
+        "--model",
+        help="model bundle directory, or its model.json (overrides [model] path)",
+    )
     common.add_argument("--db", help="product database file (overrides [gallery] path)")
     common.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides [service])")
 
     with_source = argparse.ArgumentParser(add_help=False)
     with_source.add_argument(
         "--source",
-        help='frame source (overrides [camera] source): "picamera2", a camera index, a video '
-        'file, a URL, a folder of images, or "synthetic:PHOTOS_DIR"',
+        help='frame source (overrides [camera] source): "picamera2", a camera index or device '
+        '(/dev/video0), a video file, a URL, a folder of images, or "synthetic:PHOTOS_DIR"',
     )
 
     parser = argparse.ArgumentParser(
@@ -69,7 +75,10 @@ def build_parser() -> argparse.ArgumentParser:
 
     run = sub.add_parser("run", parents=[common, with_source], help="the live recognition loop")
     run.add_argument("--max-frames", type=int, help="stop after this many frames")
-    run.add_argument("--save-crops", help="save each event's crop as JPEG in this folder")
+    run.add_argument(
+        "--save-crops",
+        help="save each event's crop as JPEG in this folder (created if missing; must be writable)",
+    )
     run.add_argument("--threshold", type=float, help="override the matching threshold")
 
     enroll = sub.add_parser(
@@ -80,7 +89,14 @@ def build_parser() -> argparse.ArgumentParser:
         "--views", type=int, help="number of views to capture (default [enroll] views)"
     )
     enroll.add_argument("--code", help="product code / SKU")
-    enroll.add_argument("--append", action="store_true", help="add views to an existing product")
+    existing = enroll.add_mutually_exclusive_group()
+    existing.add_argument("--append", action="store_true", help="add views to an existing product")
+    existing.add_argument(
+        "--skip-existing",
+        action="store_true",
+        help="with --from-images: leave out the products already stored and add the others (to "
+        "finish an interrupted enrollment without storing any product twice)",
+    )
     enroll.add_argument(
         "--from-images",
         type=Path,
@@ -159,10 +175,29 @@ def _open_source(cfg: Config) -> Any:
     return open_source(c.source, width=c.width, height=c.height, fps=c.fps)
 
 
+def _check_crop_folder(folder: str) -> None:
+    """Create the folder for event crops and check it is writable, at start-up: a bad path must
+    stop the start with a message, not fail at the first event."""
+    path = Path(folder)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+        with tempfile.NamedTemporaryFile(dir=path, prefix=".write-test-"):
+            pass
+    except OSError as exc:
+        raise ValueError(
+            f"cannot save crops in {path}: {exc.strerror or exc}; give --save-crops / [service] "
+            "save_crops a folder this user can create and write (under the service, a folder in "
+            "/var/lib/prodrec), or leave it out"
+        ) from exc
+
+
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    from .camera import is_live_spec
+    from .camera import check_source_library, is_live_spec
     from .gallery import Gallery
     from .service import Service, make_notifier
+
+    if cfg.service.save_crops:  # checked before the model loads: a typo fails fast
+        _check_crop_folder(cfg.service.save_crops)
 
     stop = threading.Event()
 
@@ -178,6 +213,8 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
             embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
             Gallery(cfg.gallery.path) as gallery,
         ):
+            # The service retries a failing camera; a missing camera library cannot come back.
+            check_source_library(cfg.camera.source)
             service = Service(
                 cfg,
                 source_factory=lambda: _open_source(cfg),
@@ -201,11 +238,15 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
-    from .enroll import EnrollAborted, enroll_from_images, guided_enroll
+    from .enroll import EnrollAborted, EnrollInterrupted, enroll_from_images, guided_enroll
     from .gallery import Gallery
 
+    if args.skip_existing and not args.from_images:
+        raise ValueError("--skip-existing applies to --from-images only")
+
     def on_term(signum: int, _frame: object) -> None:
-        raise KeyboardInterrupt  # unwinds out of input() or the frame loop; nothing is stored
+        # Unwinds out of input() or the frame loop; the product being enrolled is not stored.
+        raise KeyboardInterrupt
 
     old = signal.signal(signal.SIGTERM, on_term)
     say = lambda text: print(text, file=sys.stderr, flush=True)  # noqa: E731
@@ -231,6 +272,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
                     name=args.name,
                     code=args.code,
                     append=args.append,
+                    skip_existing=args.skip_existing,
                     say=say,
                 )
                 return EXIT_OK
@@ -252,6 +294,9 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     except EnrollAborted as exc:
         say(f"Enrollment stopped ({exc}): nothing was stored.")
         return EXIT_ABORTED
+    except EnrollInterrupted as exc:  # from photos, part way: some whole products were stored
+        say(f"\nEnrollment interrupted: {exc.summary()}")
+        return EXIT_INTERRUPTED
     except KeyboardInterrupt:
         say("\nEnrollment interrupted: nothing was stored.")
         return EXIT_INTERRUPTED

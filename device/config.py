@@ -22,6 +22,10 @@ except ModuleNotFoundError:  # Python 3.10: the same parser, from PyPI
 DEFAULT_CONFIG_FILE = Path(__file__).with_name("default_config.toml")
 LOG_LEVELS = ("DEBUG", "INFO", "WARNING", "ERROR")
 DETECTORS = ("diff", "mog2")
+# (section, key) of keys whose default is None ("not set") and whose value, when given, is a
+# number. Named by section: a key of the same name elsewhere keeps its own type ([detector]
+# threshold is an integer grey level).
+OPTIONAL_NUMBERS: frozenset[tuple[str, str]] = frozenset({("matcher", "threshold")})
 
 
 class ConfigError(ValueError):
@@ -156,13 +160,13 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         raw = data.get(name, {})
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
-        sections[name] = _section(cls, raw, f"{where} [{name}]")
+        sections[name] = _section(cls, raw, name, f"{where} [{name}]")
     cfg = Config(**sections)
     validate(cfg, where)
     return cfg
 
 
-def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
+def _section(cls: type, raw: dict[str, Any], section: str, where: str) -> Any:
     fields = {f.name: f for f in dataclasses.fields(cls)}
     unknown = set(raw) - set(fields)
     if unknown:
@@ -170,25 +174,33 @@ def _section(cls: type, raw: dict[str, Any], where: str) -> Any:
     defaults = cls()
     values: dict[str, Any] = {}
     for key, value in raw.items():
-        values[key] = _coerce(value, getattr(defaults, key), key, where)
+        if (section, key) in OPTIONAL_NUMBERS:
+            values[key] = _optional_number(value, key, where)
+        else:
+            values[key] = _coerce(value, getattr(defaults, key), key, where)
     return cls(**values)
+
+
+def _optional_number(value: Any, key: str, where: str) -> float:
+    if isinstance(value, (int, float)) and not isinstance(value, bool) and math.isfinite(value):
+        return float(value)
+    raise ConfigError(
+        f"{where}: {key} must be a number (omit it to use the bundle's), got {value!r}"
+    )
 
 
 def _coerce(value: Any, default: Any, key: str, where: str) -> Any:
     """Type-check a TOML value against the default's type (ints are accepted for floats)."""
-    if key == "threshold":  # optional float
-        if isinstance(value, (int, float)) and not isinstance(value, bool):
-            return float(value)
-        raise ConfigError(
-            f"{where}: {key} must be a number (omit it to use the bundle's), got {value!r}"
-        )
     if isinstance(default, bool):
         if not isinstance(value, bool):
             raise ConfigError(f"{where}: {key} must be true or false, got {value!r}")
         return value
     if isinstance(default, int):
         if not isinstance(value, int) or isinstance(value, bool):
-            raise ConfigError(f"{where}: {key} must be an integer, got {value!r}")
+            raise ConfigError(
+                f"{where}: {key} must be an integer (a whole number, no decimal point), "
+                f"got {value!r}"
+            )
         return value
     if isinstance(default, float):
         if (

@@ -4,6 +4,8 @@ Guided enrollment captures every view from a stable placement through exactly th
 crop path recognition uses (`ViewCapturer`), refuses a view nearly identical to one already taken
 (cosine above `duplicate_cosine`: the product was not turned), and stores the product with all its
 views in one transaction at the end: interrupting it (Ctrl-C, SIGTERM, closed input) stores nothing.
+Enrollment from photos stores each product in its own transaction: interrupted part way, it says
+which products were stored, and `skip_existing` (`--skip-existing`) adds the rest on a re-run.
 """
 
 from __future__ import annotations
@@ -39,6 +41,46 @@ PROMPTS = (
 
 class EnrollAborted(Exception):  # noqa: N818 - an outcome, not a fault
     """The person stopped the enrollment (or the camera/source ended): nothing was stored."""
+
+
+class EnrollInterrupted(KeyboardInterrupt):
+    """Ctrl-C or SIGTERM part way through enrollment from photos.
+
+    Each product is stored whole or not at all, so after an interruption some products may be
+    stored and the others not; `summary()` says which, and how to add the rest without storing the
+    first ones twice."""
+
+    def __init__(self, stored: list[str], not_stored: list[str], *, append: bool = False) -> None:
+        super().__init__(f"stored {len(stored)} of {len(stored) + len(not_stored)} products")
+        self.stored = stored
+        self.not_stored = not_stored
+        self.append = append
+
+    def summary(self) -> str:
+        return progress_summary(self.stored, self.not_stored, append=self.append)
+
+
+def _name_list(names: list[str], limit: int = 12) -> str:
+    shown = ", ".join(names[:limit])
+    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+
+
+def progress_summary(stored: list[str], not_stored: list[str], *, append: bool = False) -> str:
+    """What an enrollment from photos that stopped part way did store, and how to go on."""
+    total = len(stored) + len(not_stored)
+    if not stored:
+        return "nothing was stored."
+    if append:
+        return (
+            f"views were added to {len(stored)} of {total} products: {_name_list(stored)}; not "
+            f"to: {_name_list(not_stored) or 'none'}. Running it again with --append would add "
+            "the views of the first ones twice: move their folders out of the photo folder first."
+        )
+    return (
+        f"stored {len(stored)} of {total} products: {_name_list(stored)}; not stored: "
+        f"{_name_list(not_stored) or 'none'}. Each product is stored whole or not at all: run the "
+        "same command again with --skip-existing to add the others without storing these twice."
+    )
 
 
 @dataclass(frozen=True)
@@ -218,50 +260,100 @@ def enroll_from_images(
     name: str | None = None,
     code: str | None = None,
     append: bool = False,
+    skip_existing: bool = False,
     say: Callable[[str], None] = print,
 ) -> list[PhotoEnrollResult]:
-    """Add products from photos (each photo is the crop); each product stored in one transaction."""
-    results = []
+    """Add products from photos (each photo is the crop); each product stored in one transaction.
+
+    `skip_existing` leaves out the products already in the database (to finish an interrupted
+    enrollment); `append` adds views to them instead. Raises EnrollInterrupted (a
+    KeyboardInterrupt) when interrupted part way, naming what was stored and what was not."""
+    if append and skip_existing:
+        raise ValueError(
+            "--append adds views to the products already stored, --skip-existing leaves them "
+            "out: give only one"
+        )
     plan = product_folders(Path(folder), name)
-    if not append:
-        clash = [n for n, _ in plan if gallery.product(n) is not None]
-        if clash:
-            raise ValueError(
-                f"product(s) {clash} already exist: use --append to add views, or delete them"
+    existing = {p.name for p in gallery.products()}
+    clash = [n for n, _ in plan if n.strip() in existing]
+    if clash and skip_existing:
+        say(f"Skipping {len(clash)} product(s) already stored: {_name_list(clash)}")
+        plan = [(n, paths) for n, paths in plan if n.strip() not in existing]
+    elif clash and not append:
+        raise ValueError(
+            f"product(s) {clash} already exist: use --skip-existing to add only the others, "
+            "--append to add views to them, or delete them"
+        )
+    results: list[PhotoEnrollResult] = []
+    stored: list[str] = []
+    current: str | None = None  # the product being stored when an interruption comes
+    views_before: int | None = None
+    try:
+        for product, paths in plan:
+            current, views_before = product, None
+            views, skipped = _photo_views(product, paths, embedder, config)
+            views_before = _n_views(gallery, product)
+            gallery.add_product(
+                product,
+                views,
+                embedder.model_id,
+                code=code,
+                append=append,
+                crop_size=config.gallery.crop_size,
             )
-    for product, paths in plan:
-        views: list[tuple[np.ndarray, np.ndarray]] = []
-        skipped: list[str] = []
-        for path in paths:
-            try:
-                image = load_image(path)
-            except ValueError as exc:
-                skipped.append(f"{path}: {exc}")
-                continue
-            emb = np.asarray(embedder.embed(image), dtype=np.float32)
-            if views:
-                sims = np.stack([v[0] for v in views]) @ emb
-                if float(sims.max()) > config.enroll.duplicate_cosine:
-                    skipped.append(
-                        f"{path}: near-duplicate of another photo ({float(sims.max()):.3f})"
-                    )
-                    continue
-            views.append((emb, image))
-        for line in skipped:
-            logger.warning("skipped %s", line)
-        if not views:
-            raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
-        gallery.add_product(
-            product,
-            views,
-            embedder.model_id,
-            code=code,
-            append=append,
-            crop_size=config.gallery.crop_size,
-        )
-        say(
-            f"Stored {product!r} with {len(views)} views"
-            + (f" ({len(skipped)} skipped)" if skipped else "")
-        )
-        results.append(PhotoEnrollResult(product, len(views), skipped))
+            stored.append(product)
+            current = None
+            say(
+                f"Stored {product!r} with {len(views)} views"
+                + (f" ({len(skipped)} skipped)" if skipped else "")
+            )
+            results.append(PhotoEnrollResult(product, len(views), skipped))
+    except KeyboardInterrupt as exc:
+        # The signal may land after add_product committed but before it returned: ask the
+        # database rather than trusting the loop's bookkeeping.
+        if (
+            current is not None
+            and current not in stored
+            and views_before is not None
+            and _n_views(gallery, current) > views_before
+        ):
+            stored.append(current)
+        not_stored = [n for n, _ in plan if n not in stored]
+        raise EnrollInterrupted(stored, not_stored, append=append) from exc
+    except Exception:
+        if stored:  # the products before the failing one are in the database: say so
+            not_stored = [n for n, _ in plan if n not in stored]
+            say(f"Stopped part way: {progress_summary(stored, not_stored, append=append)}")
+        raise
     return results
+
+
+def _n_views(gallery: Gallery, name: str) -> int:
+    product = gallery.product(name.strip())
+    return 0 if product is None else product.n_views
+
+
+def _photo_views(
+    product: str, paths: list[Path], embedder: EmbedderLike, config: Config
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
+    """(embedding, photo) of each usable photo of a product, and the skipped ones ("path: why")."""
+    views: list[tuple[np.ndarray, np.ndarray]] = []
+    skipped: list[str] = []
+    for path in paths:
+        try:
+            image = load_image(path)
+        except ValueError as exc:
+            skipped.append(f"{path}: {exc}")
+            continue
+        emb = np.asarray(embedder.embed(image), dtype=np.float32)
+        if views:
+            sims = np.stack([v[0] for v in views]) @ emb
+            if float(sims.max()) > config.enroll.duplicate_cosine:
+                skipped.append(f"{path}: near-duplicate of another photo ({float(sims.max()):.3f})")
+                continue
+        views.append((emb, image))
+    for line in skipped:
+        logger.warning("skipped %s", line)
+    if not views:
+        raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
+    return views, skipped

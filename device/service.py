@@ -73,7 +73,8 @@ def matching_threshold(config: Config, embedder: EmbedderLike) -> tuple[float, s
     if threshold is None:
         raise ValueError(
             "the model bundle has no calibrated threshold (model.json threshold is null): "
-            "run `python -m training calibrate` before converting, or set [matcher] threshold"
+            "run `python -m training calibrate` before converting, or give --threshold T "
+            "(or [matcher] threshold in the config)"
         )
     return float(threshold), "the model bundle"
 

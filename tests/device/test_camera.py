@@ -4,12 +4,31 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import socket
+import sys
+import threading
+import time
+import types
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
+from typing import Any, ClassVar
 
+import cv2
 import numpy as np
 import pytest
 
-from device.camera import FolderSource, OpenCVSource, Picamera2Source, is_live_spec, open_source
+from device.camera import (
+    STREAM_TIMEOUT_S,
+    CameraLibraryMissingError,
+    FolderSource,
+    OpenCVSource,
+    Picamera2Source,
+    check_source_library,
+    is_live_spec,
+    is_video_device,
+    open_source,
+)
 from device.errors import CameraError
 from device.synthetic import SyntheticSource
 
@@ -64,3 +83,180 @@ def test_usb_camera_delivers_frames() -> None:
     with open_source(os.environ["PRODREC_CAMERA"], width=640, height=480) as cam:
         frame = cam.read()
     assert frame is not None and frame.ndim == 3
+
+
+# --- network streams: bounded waits --------------------------------------------------------------
+
+
+class RecordingCapture:
+    """Stands in for cv2.VideoCapture: records how it was opened, delivers `frames` frames per
+    open and then fails like an unplugged camera."""
+
+    opened: ClassVar[list[tuple[Any, ...]]] = []
+    frames = 3
+
+    def __init__(self, *args: Any) -> None:
+        RecordingCapture.opened.append(args)
+        self.left = RecordingCapture.frames
+
+    def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+        return True
+
+    def set(self, prop: int, value: float) -> bool:
+        return True
+
+    def read(self) -> tuple[bool, np.ndarray | None]:
+        if self.left <= 0:
+            return False, None
+        self.left -= 1
+        return True, np.full((480, 640, 3), 90, np.uint8)
+
+    def release(self) -> None:
+        pass
+
+
+@pytest.fixture
+def recording_capture(monkeypatch: pytest.MonkeyPatch) -> type[RecordingCapture]:
+    monkeypatch.setattr(RecordingCapture, "opened", [])
+    monkeypatch.setattr(RecordingCapture, "frames", 3)
+    monkeypatch.setattr(cv2, "VideoCapture", RecordingCapture)
+    return RecordingCapture
+
+
+def test_url_sources_get_open_and_read_timeouts(recording_capture: type[RecordingCapture]) -> None:
+    OpenCVSource("rtsp://cam.local/stream", timeout_s=3.0).close()
+    OpenCVSource("http://cam.local/video.mjpg").close()
+    OpenCVSource(0).close()  # a camera index: no stream timeouts
+    ms = int(STREAM_TIMEOUT_S * 1000)
+    open_ms, read_ms = cv2.CAP_PROP_OPEN_TIMEOUT_MSEC, cv2.CAP_PROP_READ_TIMEOUT_MSEC
+    assert recording_capture.opened == [
+        ("rtsp://cam.local/stream", cv2.CAP_FFMPEG, [open_ms, 3000, read_ms, 3000]),
+        ("http://cam.local/video.mjpg", cv2.CAP_FFMPEG, [open_ms, ms, read_ms, ms]),
+        (0,),
+    ]
+    # Well below systemd's TimeoutStopSec (20 s) and WatchdogSec (30 s).
+    assert 1 <= STREAM_TIMEOUT_S <= 10
+
+
+@contextmanager
+def stalling_mjpeg_server(frames: int) -> Iterator[str]:
+    """An HTTP MJPEG camera on localhost that sends `frames` frames, then keeps the connection
+    open without sending anything (a stalled network camera); its URL."""
+    sock = socket.socket()
+    sock.bind(("127.0.0.1", 0))
+    sock.listen(1)
+    done = threading.Event()
+    jpeg = cv2.imencode(".jpg", np.full((120, 160, 3), 128, np.uint8))[1].tobytes()
+
+    def serve() -> None:
+        try:
+            conn, _ = sock.accept()
+        except OSError:
+            return
+        with conn:
+            conn.recv(4096)
+            if frames:
+                conn.sendall(
+                    b"HTTP/1.0 200 OK\r\n"
+                    b"Content-Type: multipart/x-mixed-replace; boundary=frame\r\n\r\n"
+                )
+            for _ in range(frames):
+                part = b"--frame\r\nContent-Type: image/jpeg\r\nContent-Length: %d\r\n\r\n"
+                conn.sendall(part % len(jpeg) + jpeg + b"\r\n")
+            done.wait(30)
+
+    thread = threading.Thread(target=serve, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{sock.getsockname()[1]}/video.mjpg"
+    finally:
+        done.set()
+        sock.close()
+        thread.join(5)
+
+
+needs_ffmpeg = pytest.mark.skipif(
+    not cv2.videoio_registry.hasBackend(cv2.CAP_FFMPEG), reason="OpenCV built without FFmpeg"
+)
+
+
+@needs_ffmpeg
+def test_a_stalled_stream_fails_a_read_within_the_timeout() -> None:
+    with stalling_mjpeg_server(frames=3) as url, OpenCVSource(url, timeout_s=1.0) as src:
+        assert not src.finite
+        for _ in range(3):
+            assert src.read() is not None
+        started = time.monotonic()
+        with pytest.raises(CameraError, match="delivered no frame"):
+            src.read()  # OpenCV's own default would block here for 30 s
+        assert time.monotonic() - started < 5
+
+
+@needs_ffmpeg
+def test_a_stream_that_never_answers_fails_to_open_within_the_timeout() -> None:
+    with stalling_mjpeg_server(frames=0) as url:
+        started = time.monotonic()
+        with pytest.raises(CameraError, match="cannot open"):
+            OpenCVSource(url, timeout_s=1.0)
+        assert time.monotonic() - started < 5
+
+
+# --- video device nodes --------------------------------------------------------------------------
+
+CHAR_DEVICE = "/dev/null"  # any character device stands in for /dev/video0
+needs_char_device = pytest.mark.skipif(
+    not is_video_device(CHAR_DEVICE), reason="needs /dev/null as a character device"
+)
+
+
+@needs_char_device
+def test_video_device_paths_are_live_cameras(
+    tmp_path: Path, recording_capture: type[RecordingCapture]
+) -> None:
+    by_id = tmp_path / "usb-Webcam_C270-video-index0"  # like /dev/v4l/by-id/...
+    by_id.symlink_to(CHAR_DEVICE)
+    assert is_video_device(str(by_id)) and not is_video_device(str(FIXTURE / "README.md"))
+    assert is_live_spec(str(by_id)) and is_live_spec(CHAR_DEVICE)
+    with open_source(str(by_id), width=320, height=240) as src:
+        assert isinstance(src, OpenCVSource) and not src.finite
+        frames = [src.read() for _ in range(3)]
+        assert all(f is not None and f.shape == (480, 640, 3) for f in frames)
+        with pytest.raises(CameraError, match="delivered no frame"):
+            src.read()  # a live camera fails (to be retried) instead of "ending"
+    assert recording_capture.opened == [(str(by_id), cv2.CAP_V4L2)]
+
+
+@needs_char_device
+def test_video_device_that_cannot_be_opened_or_is_unplugged() -> None:
+    # The real OpenCV: the node exists but is no camera -> a camera error, not "neither ... nor".
+    with pytest.raises(CameraError, match="cannot open"):
+        OpenCVSource(CHAR_DEVICE)
+    # Unplugged: its node is gone; still a camera to retry, not a bad argument.
+    gone = "/dev/v4l/by-id/usb-prodrec-test-no-such-camera-video-index0"
+    assert is_live_spec(gone)
+    with pytest.raises(CameraError, match="plugged in"):
+        open_source(gone)
+
+
+# --- picamera2: a missing library is not a camera fault ------------------------------------------
+
+
+def test_missing_picamera2_is_a_library_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
+    for call in (lambda: check_source_library("picamera2"), Picamera2Source):
+        with pytest.raises(CameraLibraryMissingError, match="apt install python3-picamera2") as e:
+            call()
+        assert "--system-site-packages" in str(e.value)
+    check_source_library("0")  # other sources need no extra library
+
+
+def test_present_but_failing_picamera2_is_a_camera_error(monkeypatch: pytest.MonkeyPatch) -> None:
+    class BrokenCamera:
+        def __init__(self) -> None:
+            raise RuntimeError("Camera __init__ sequence did not complete.")
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=BrokenCamera))
+    check_source_library("picamera2")
+    with pytest.raises(CameraError, match="ribbon cable") as e:
+        Picamera2Source()
+    assert not isinstance(e.value, CameraLibraryMissingError)  # retried by the service

@@ -10,12 +10,17 @@ import subprocess
 import sys
 import threading
 import time
+import types
 from pathlib import Path
 
+import cv2
+import numpy as np
 import pytest
 
 from device import cli
+from device.camera import is_video_device
 from device.gallery import Gallery
+from device.service import Service
 from device.synthetic import Placement, SyntheticScene, SyntheticSource, write_frames
 
 from .conftest import FIXTURE
@@ -52,15 +57,20 @@ retry_max_s = 0.02
     return p
 
 
+def photo_tree(tree: Path, products: tuple[str, ...], n: int = 3) -> Path:
+    """tree/<product>/*.jpg with the first n fixture photos of each product."""
+    for product in products:
+        (tree / product).mkdir(parents=True)
+        for src in sorted((FIXTURE / "train" / product).glob("*.jpg"))[:n]:
+            (tree / product / src.name).write_bytes(src.read_bytes())
+    return tree
+
+
 def test_products_and_gallery_commands(
     tmp_path: Path, config_file: Path, fake_model, capsys
 ) -> None:
     c = ["--config", str(config_file)]
-    tree = tmp_path / "photos"
-    for product in ("Banana", "Red-Bell-Pepper"):
-        (tree / product).mkdir(parents=True)
-        for src in sorted((FIXTURE / "train" / product).glob("*.jpg"))[:3]:
-            (tree / product / src.name).write_bytes(src.read_bytes())
+    tree = photo_tree(tmp_path / "photos", ("Banana", "Red-Bell-Pepper"))
     assert cli.main(["enroll", *c, "--from-images", str(tree)]) == 0
     assert cli.main(["products", "list", *c, "--json"]) == 0
     listed = [json.loads(line) for line in capsys.readouterr().out.splitlines()]
@@ -229,3 +239,183 @@ def test_sigterm_stops_run_cleanly(tmp_path: Path, config_file: Path) -> None:
     assert proc.returncode == 0, err
     assert "signal 15: stopping" in err and "Traceback" not in err
     assert len(out.splitlines()) < 7  # stopped before the end of the 8-product scene
+
+
+# --- camera faults: what is retried and what stops the start ------------------------------------
+
+
+@pytest.mark.skipif(not is_video_device("/dev/null"), reason="needs /dev/null as a char device")
+def test_run_retries_a_video_device_like_a_camera(
+    tmp_path: Path, config_file: Path, fake_model, monkeypatch, capsys
+) -> None:
+    class FlakyCapture:  # 12 frames per open, then "unplugged"
+        opens = 0
+
+        def __init__(self, *args: object) -> None:
+            FlakyCapture.opens += 1
+            self.left = 12
+
+        def isOpened(self) -> bool:  # noqa: N802 - OpenCV's name
+            return True
+
+        def set(self, prop: int, value: float) -> bool:
+            return True
+
+        def read(self) -> tuple[bool, np.ndarray | None]:
+            self.left -= 1
+            return (True, np.full((240, 320, 3), 90, np.uint8)) if self.left >= 0 else (False, None)
+
+        def release(self) -> None:
+            pass
+
+    monkeypatch.setattr(cv2, "VideoCapture", FlakyCapture)
+    device = tmp_path / "video-index0"  # like /dev/v4l/by-id/usb-...-video-index0
+    device.symlink_to("/dev/null")
+    code = cli.main(
+        ["run", "--config", str(config_file), "--source", str(device), "--max-frames", "30"]
+    )
+    assert code == 0, capsys.readouterr().err
+    assert FlakyCapture.opens == 3  # reopened after each failure, not taken as a video's end
+    assert "camera failure" in capsys.readouterr().err
+
+
+def test_run_fails_at_once_without_picamera2(
+    config_file: Path, fake_model, monkeypatch, capsys
+) -> None:
+    monkeypatch.setitem(sys.modules, "picamera2", None)  # import picamera2 -> ImportError
+
+    def retried(*args: object, **kw: object) -> None:
+        raise AssertionError("a missing library must not be retried")
+
+    monkeypatch.setattr(Service, "_wait", retried)
+    assert cli.main(["run", "--config", str(config_file), "--source", "picamera2"]) == 5
+    err = capsys.readouterr().err
+    assert "sudo apt install python3-picamera2" in err and "--system-site-packages" in err
+
+
+def test_run_retries_a_picamera2_camera_that_fails(
+    config_file: Path, fake_model, monkeypatch, capsys
+) -> None:
+    class FakePicamera2:  # the first start fails (camera busy), the next one works
+        made = 0
+
+        def __init__(self) -> None:
+            FakePicamera2.made += 1
+            self.n = FakePicamera2.made
+
+        def create_video_configuration(self, **kw: object) -> dict:
+            return dict(kw)
+
+        def configure(self, cfg: dict) -> None:
+            pass
+
+        def start(self) -> None:
+            if self.n == 1:
+                raise RuntimeError("Failed to acquire camera: Device or resource busy")
+
+        def capture_array(self, name: str) -> np.ndarray:
+            return np.full((480, 640, 3), 90, np.uint8)
+
+        def stop(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=FakePicamera2))
+    args = ["run", "--config", str(config_file), "--source", "picamera2", "--max-frames", "3"]
+    assert cli.main(args) == 0
+    assert FakePicamera2.made == 2
+    assert "Device or resource busy" in capsys.readouterr().err
+
+
+# --- saving crops --------------------------------------------------------------------------------
+
+
+def test_run_refuses_a_crop_folder_it_cannot_write(
+    tmp_path: Path, config_file: Path, fake_model, capsys
+) -> None:
+    afile = tmp_path / "afile"
+    afile.write_text("not a folder")
+    source = ["--source", f"synthetic:{FIXTURE / 'test'}", "--max-frames", "5"]
+    for target in (afile / "crops", afile):
+        code = cli.main(["run", "--config", str(config_file), *source, "--save-crops", str(target)])
+        assert code == 2
+        err = capsys.readouterr().err
+        assert f"cannot save crops in {target}" in err and "Traceback" not in err
+
+
+def test_a_crop_that_cannot_be_saved_is_only_a_warning(
+    tmp_path: Path, config_file: Path, fake_model, photos, monkeypatch, capsys
+) -> None:
+    video = write_frames(
+        SyntheticSource(
+            SyntheticScene(seed=8, noise=2.0),
+            [
+                Placement(lb, im, (150 + 60 * i, 120, 180, 180), 20 + 30 * i, 40 + 30 * i)
+                for i, (lb, im) in enumerate(photos[:2])
+            ],
+            80,
+        ),
+        tmp_path / "scene.avi",
+    )
+    crops = tmp_path / "crops"
+    real_imwrite = cv2.imwrite
+    calls: list[str] = []
+
+    def full_disk_once(path: str, image: np.ndarray) -> bool:
+        calls.append(path)
+        return False if len(calls) == 1 else real_imwrite(path, image)
+
+    monkeypatch.setattr(cv2, "imwrite", full_disk_once)
+    c = ["--config", str(config_file), "--source", str(video), "--save-crops", str(crops)]
+    assert cli.main(["run", *c]) == 0
+    out, err = capsys.readouterr()
+    events = [json.loads(line) for line in out.splitlines()]
+    assert len(events) == 2 and "crop_file" not in events[0] and "crop_file" in events[1]
+    assert "could not save the crop" in err
+    assert len(list(crops.glob("*.jpg"))) == 1
+
+
+# --- enrollment from photos, interrupted ---------------------------------------------------------
+
+
+class InterruptingEmbedder(FakeEmbedder):
+    """Ctrl-C (or SIGTERM, which the CLI turns into KeyboardInterrupt) at the n-th embedding."""
+
+    def __init__(self, at: int) -> None:
+        super().__init__()
+        self.at = at
+
+    def embed(self, crop_bgr: np.ndarray) -> np.ndarray:
+        if self.calls + 1 == self.at:
+            raise KeyboardInterrupt
+        return super().embed(crop_bgr)
+
+
+def test_interrupted_photo_enrollment_says_what_was_stored_and_resumes(
+    tmp_path: Path, config_file: Path, monkeypatch, capsys
+) -> None:
+    products = ("Arla-Standard-Milk", "Banana", "Oatly-Oat-Milk", "Red-Bell-Pepper")
+    tree = photo_tree(tmp_path / "photos", products)
+    c = ["--config", str(config_file)]
+    # Interrupted while embedding the third product's second photo.
+    monkeypatch.setattr(cli, "embedder_factory", lambda path, n: InterruptingEmbedder(at=8))
+    assert cli.main(["enroll", *c, "--from-images", str(tree)]) == 130
+    err = capsys.readouterr().err
+    assert "stored 2 of 4 products: Arla-Standard-Milk, Banana" in err
+    assert "not stored: Oatly-Oat-Milk, Red-Bell-Pepper" in err and "--skip-existing" in err
+    assert "nothing was stored" not in err
+    monkeypatch.setattr(cli, "embedder_factory", lambda path, n: FakeEmbedder())
+    assert cli.main(["enroll", *c, "--from-images", str(tree)]) == 2
+    assert "--skip-existing" in capsys.readouterr().err  # the clash names the way out
+    assert cli.main(["enroll", *c, "--from-images", str(tree), "--skip-existing"]) == 0
+    assert (
+        "Skipping 2 product(s) already stored: Arla-Standard-Milk, Banana"
+        in capsys.readouterr().err
+    )
+    with Gallery(tmp_path / "g.db") as g:
+        assert [(p.name, p.n_views) for p in g.products()] == [(p, 3) for p in products]
+    with pytest.raises(SystemExit):
+        cli.main(["enroll", *c, "--from-images", str(tree), "--skip-existing", "--append"])
+    assert cli.main(["enroll", *c, "Tea", "--skip-existing"]) == 2

@@ -20,6 +20,10 @@ def test_partial_file_and_types(tmp_path: Path) -> None:
     cfg = load_config(p)
     assert cfg.camera.source == "0" and cfg.camera.roi == (0.1, 0.0, 0.9, 1.0)
     assert cfg.matcher.threshold == 0.5 and cfg.detector == Config().detector
+    p.write_text("[matcher]\nthreshold = 1\n[detector]\nthreshold = 30\n")
+    cfg = load_config(p)
+    assert cfg.matcher.threshold == 1.0 and isinstance(cfg.matcher.threshold, float)
+    assert cfg.detector.threshold == 30
 
 
 @pytest.mark.parametrize(
@@ -28,6 +32,10 @@ def test_partial_file_and_types(tmp_path: Path) -> None:
         ("[camera]\nsoruce = 'x'\n", "soruce"),
         ("[camra]\n", "camra"),
         ("[detector]\nthreshold = 300\n", "threshold = 300"),
+        # Only the matcher's threshold (a cosine similarity) is a float; the detector's is a
+        # grey level.
+        ("[detector]\nthreshold = 28.7\n", "[detector]: threshold must be an integer"),
+        ("[matcher]\nthreshold = 'high'\n", "[matcher]: threshold must be a number"),
         ("[detector]\nblur = 4\n", "odd"),
         ("[camera]\nroi = [0.5, 0, 0.4, 1]\n", "roi"),
         ("[camera]\nwidth = 'big'\n", "integer"),

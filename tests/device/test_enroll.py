@@ -11,7 +11,7 @@ import pytest
 
 from device.background import BackgroundDetector
 from device.crop import object_crop
-from device.enroll import EnrollAborted, enroll_from_images, guided_enroll
+from device.enroll import EnrollAborted, EnrollInterrupted, enroll_from_images, guided_enroll
 from device.gallery import Gallery, decode_jpeg
 from device.images import load_image
 from device.synthetic import LiveScene, SyntheticScene
@@ -174,3 +174,84 @@ def test_enroll_from_images(tmp_path: Path) -> None:
     first = sorted((FIXTURE / "train" / "Arla-Standard-Milk").glob("*.jpg"))[0]
     assert labels[0] == "Arla-Standard-Milk"
     np.testing.assert_allclose(emb[0], fake.embed(load_image(first)), atol=1e-6)
+
+
+def _tree(root: Path, products: tuple[str, ...], n: int = 2) -> Path:
+    for product in products:
+        (root / product).mkdir(parents=True)
+        for src in sorted((FIXTURE / "train" / product).glob("*.jpg"))[:n]:
+            shutil.copy(src, root / product / src.name)
+    return root
+
+
+PRODUCTS = ("Arla-Standard-Milk", "Banana", "Oatly-Oat-Milk")
+
+
+def test_photo_enrollment_interrupted_right_after_a_commit_counts_that_product(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    # SIGTERM becomes a KeyboardInterrupt wherever Python is: here just after the second
+    # product's transaction committed, before add_product returned.
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS)
+    with Gallery(cfg.gallery.path) as g:
+        real_add = g.add_product
+
+        def add_then_interrupt(name: str, *args: object, **kw: object) -> int:
+            pid = real_add(name, *args, **kw)
+            if name == "Banana":
+                raise KeyboardInterrupt
+            return pid
+
+        monkeypatch.setattr(g, "add_product", add_then_interrupt)
+        with pytest.raises(EnrollInterrupted) as info:
+            enroll_from_images(tree, embedder=FakeEmbedder(), gallery=g, config=cfg, say=print)
+        assert info.value.stored == ["Arla-Standard-Milk", "Banana"]
+        assert info.value.not_stored == ["Oatly-Oat-Milk"]
+        assert [p.name for p in g.products()] == ["Arla-Standard-Milk", "Banana"]
+    summary = info.value.summary()
+    assert "stored 2 of 3 products" in summary and "--skip-existing" in summary
+
+
+def test_photo_enrollment_interrupted_before_any_product_stored(tmp_path: Path) -> None:
+    class Interrupting(FakeEmbedder):
+        def embed(self, crop_bgr: np.ndarray) -> np.ndarray:
+            raise KeyboardInterrupt
+
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS)
+    with Gallery(cfg.gallery.path) as g:
+        with pytest.raises(EnrollInterrupted) as info:
+            enroll_from_images(tree, embedder=Interrupting(), gallery=g, config=cfg, say=print)
+        assert len(g) == 0
+    assert info.value.stored == [] and info.value.summary() == "nothing was stored."
+
+
+def test_photo_enrollment_failing_part_way_says_what_was_stored(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS)
+    for photo in (tree / "Banana").glob("*.jpg"):
+        photo.write_bytes(b"not a jpeg")
+    said: list[str] = []
+    with Gallery(cfg.gallery.path) as g:
+        with pytest.raises(ValueError, match="Banana: none of its 2 photos"):
+            enroll_from_images(
+                tree, embedder=FakeEmbedder(), gallery=g, config=cfg, say=said.append
+            )
+        assert [p.name for p in g.products()] == ["Arla-Standard-Milk"]
+    assert "stored 1 of 3 products: Arla-Standard-Milk" in said[-1]
+
+
+def test_skip_existing_and_append_exclude_each_other(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS[:1])
+    with Gallery(cfg.gallery.path) as g, pytest.raises(ValueError, match="only one"):
+        enroll_from_images(
+            tree,
+            embedder=FakeEmbedder(),
+            gallery=g,
+            config=cfg,
+            append=True,
+            skip_existing=True,
+            say=print,
+        )
