@@ -44,6 +44,16 @@ embedder_factory: EmbedderFactory = _load_embedder
 # --- arguments -----------------------------------------------------------------------------------
 
 
+def _positive_int(text: str) -> int:
+    try:
+        value = int(text)
+    except ValueError:
+        value = 0
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"expected a whole number of 1 or more, got {text!r}")
+    return value
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
     common.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
@@ -74,7 +84,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     run = sub.add_parser("run", parents=[common, with_source], help="the live recognition loop")
-    run.add_argument("--max-frames", type=int, help="stop after this many frames")
+    run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
     run.add_argument(
         "--save-crops",
         help="save each event's crop as JPEG in this folder (created if missing; must be writable)",
@@ -104,7 +114,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="photos of one product (DIR/*.jpg) or of several (DIR/<product>/*.jpg)",
     )
 
-    products = sub.add_parser("products", help="list, rename or delete products")
+    products = sub.add_parser("products", help="list, rename, delete or check the stored products")
     psub = products.add_subparsers(dest="action", required=True)
     plist = psub.add_parser("list", parents=[common], help="the stored products")
     plist.add_argument("--json", action="store_true", help="one JSON object per product")
@@ -121,7 +131,9 @@ def build_parser() -> argparse.ArgumentParser:
     pcheck.add_argument("--json", action="store_true", help="one JSON object per product")
     pcheck.add_argument("--threshold", type=float, help="judge against this threshold")
 
-    gallery = sub.add_parser("gallery", help="export/import the product set")
+    gallery = sub.add_parser(
+        "gallery", help="export/import the product set; the recognition events"
+    )
     gsub = gallery.add_subparsers(dest="action", required=True)
     gexport = gsub.add_parser(
         "export", parents=[common], help="write every product to one zip file"
@@ -133,7 +145,9 @@ def build_parser() -> argparse.ArgumentParser:
     gevents = gsub.add_parser(
         "events", parents=[common], help="the last recognition events (JSON lines)"
     )
-    gevents.add_argument("--limit", type=int, default=20)
+    gevents.add_argument(
+        "--limit", type=_positive_int, default=20, help="how many, newest last (default 20)"
+    )
     return parser
 
 
@@ -150,7 +164,10 @@ def _config(args: argparse.Namespace) -> Config:
     if getattr(args, "save_crops", None):
         cfg = cfg.replace("service", save_crops=args.save_crops)
     if getattr(args, "threshold", None) is not None:
-        cfg = cfg.replace("matcher", threshold=args.threshold)
+        try:
+            cfg = cfg.replace("matcher", threshold=args.threshold)
+        except ConfigError as exc:  # the value came from the flag, not from a file
+            raise ConfigError(f"--threshold {args.threshold}: {exc}") from exc
     if getattr(args, "views", None) is not None:
         cfg = cfg.replace("enroll", views=args.views)
     return cfg
@@ -304,9 +321,23 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
+def _require_database(cfg: Config) -> None:
+    """Commands that read or change stored products never create a database: a mistyped --db
+    must say so, not report an empty product list."""
+    from .errors import GalleryError
+
+    path = Path(cfg.gallery.path)
+    if not path.is_file():
+        raise GalleryError(
+            f"no product database at {path}: check --db / [gallery] path (a database is created "
+            "by `enroll`, `gallery import` or `run`)"
+        )
+
+
 def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
     from .gallery import Gallery
 
+    _require_database(cfg)
     with Gallery(cfg.gallery.path) as gallery:
         if args.action == "list":
             items = gallery.products()
@@ -335,11 +366,13 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
             gallery.delete(args.name)
             print(f"deleted {args.name!r}", file=sys.stderr)
         elif args.action == "check":
-            return _check_products(gallery, cfg, as_json=args.json)
+            return _check_products(
+                gallery, cfg, as_json=args.json, from_flag=args.threshold is not None
+            )
     return EXIT_OK
 
 
-def _check_products(gallery: Any, cfg: Config, *, as_json: bool) -> int:
+def _check_products(gallery: Any, cfg: Config, *, as_json: bool, from_flag: bool) -> int:
     from .audit import check_products, reject_all_threshold
     from .service import matching_threshold
 
@@ -369,6 +402,7 @@ def _check_products(gallery: Any, cfg: Config, *, as_json: bool) -> int:
             print(f"{'':<{width}}  ! {flag}")
     worst = reject_all_threshold(checks)
     own = [c.own_score for c in checks if c.own_score is not None]
+    source = "--threshold" if from_flag else source
     print(f"threshold {threshold:.3f} (from {source})", file=sys.stderr)
     if worst is not None:
         print(
@@ -386,15 +420,20 @@ def _check_products(gallery: Any, cfg: Config, *, as_json: bool) -> int:
 
 
 def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
-    from .gallery import Gallery, export_gallery, import_gallery
+    from .gallery import Gallery
+    from .transfer import export_gallery, import_gallery, read_gallery_export
 
+    # An import file is checked whole first: a bad one must not create a database at --db.
+    export = read_gallery_export(args.file) if args.action == "import" else None
+    if args.action != "import":
+        _require_database(cfg)
     with Gallery(cfg.gallery.path) as gallery:
         if args.action == "export":
             n = export_gallery(gallery, args.file)
             print(f"exported {n} products to {args.file}", file=sys.stderr)
         elif args.action == "import":
             with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
-                res = import_gallery(gallery, args.file, embedder, replace=args.replace)
+                res = import_gallery(gallery, export or args.file, embedder, replace=args.replace)
             print(
                 f"imported {len(res.added)} products ({res.reembedded} views re-embedded for this "
                 f"model); skipped (already present): {res.skipped or 'none'}",

@@ -291,7 +291,8 @@ def enroll_from_images(
     try:
         for product, paths in plan:
             current, views_before = product, None
-            views, skipped = _photo_views(product, paths, embedder, config)
+            prior = _stored_embeddings(gallery, product, embedder.model_id) if append else None
+            views, skipped = _photo_views(product, paths, embedder, config, prior)
             views_before = _n_views(gallery, product)
             gallery.add_product(
                 product,
@@ -303,8 +304,10 @@ def enroll_from_images(
             )
             stored.append(product)
             current = None
+            total = views_before + len(views) if append else len(views)
             say(
                 f"Stored {product!r} with {len(views)} views"
+                + (f" ({total} in all)" if append and views_before else "")
                 + (f" ({len(skipped)} skipped)" if skipped else "")
             )
             results.append(PhotoEnrollResult(product, len(views), skipped))
@@ -333,12 +336,26 @@ def _n_views(gallery: Gallery, name: str) -> int:
     return 0 if product is None else product.n_views
 
 
+def _stored_embeddings(gallery: Gallery, name: str, model_id: str) -> np.ndarray | None:
+    """The product's stored views (this model's), for the near-duplicate check of --append."""
+    emb, labels = gallery.load(model_id)
+    mine = [i for i, label in enumerate(labels) if label == name.strip()]
+    return emb[mine] if mine else None
+
+
 def _photo_views(
-    product: str, paths: list[Path], embedder: EmbedderLike, config: Config
+    product: str,
+    paths: list[Path],
+    embedder: EmbedderLike,
+    config: Config,
+    stored: np.ndarray | None = None,
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
-    """(embedding, photo) of each usable photo of a product, and the skipped ones ("path: why")."""
+    """(embedding, photo) of each usable photo of a product, and the skipped ones ("path: why").
+    A photo nearly identical to another, or to one of the `stored` views, is skipped."""
     views: list[tuple[np.ndarray, np.ndarray]] = []
     skipped: list[str] = []
+    if stored is not None:
+        stored = np.asarray(stored, dtype=np.float32).reshape(-1, stored.shape[-1])
     for path in paths:
         try:
             image = load_image(path)
@@ -346,6 +363,11 @@ def _photo_views(
             skipped.append(f"{path}: {exc}")
             continue
         emb = np.asarray(embedder.embed(image), dtype=np.float32)
+        if stored is not None and stored.size:
+            best = float((stored @ emb).max())
+            if best > config.enroll.duplicate_cosine:
+                skipped.append(f"{path}: near-duplicate of a view already stored ({best:.3f})")
+                continue
         if views:
             sims = np.stack([v[0] for v in views]) @ emb
             if float(sims.max()) > config.enroll.duplicate_cosine:
@@ -355,5 +377,8 @@ def _photo_views(
     for line in skipped:
         logger.warning("skipped %s", line)
     if not views:
-        raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
+        raise ValueError(
+            f"{product}: none of its {len(paths)} photos could be used"
+            + (" (all are near-duplicates of its stored views)" if stored is not None else "")
+        )
     return views, skipped

@@ -29,12 +29,14 @@ from .background import BackgroundDetector, Detection
 from .camera import FrameSource
 from .config import Config
 from .crop import object_crop
-from .errors import CameraError
+from .errors import CameraError, GalleryError
 from .gallery import EmbedderLike, Gallery, utc_now
 from .matcher import KNOWN, Match, Matcher
 from .placement import Action, PlacementTracker
 
 logger = logging.getLogger(__name__)
+
+MAX_PENDING_EVENTS = 1000  # event rows kept in memory while the database refuses them
 
 
 class NullNotifier:
@@ -181,6 +183,7 @@ class Service:
         self.stats = RunStats()
         self._busy = 0  # consecutive frames with the scene not empty
         self._unlogged: list[dict[str, Any]] = []  # events reported but not yet in the database
+        self._events_failing = False  # the database refused the last event rows
         self.save_dir = Path(config.service.save_crops) if config.service.save_crops else None
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
@@ -246,7 +249,7 @@ class Service:
                     break
         finally:
             try:
-                self.flush_events()
+                self._flush_events_or_warn()
             finally:
                 if source is not None:
                     source.close()
@@ -279,9 +282,29 @@ class Service:
             self.gallery.log_event(self._unlogged[0])
             self._unlogged.pop(0)
 
+    def _flush_events_or_warn(self) -> None:
+        """Write pending event rows; a database that cannot take them (disk full, file made
+        read-only) must not stop recognition: the events are on stdout (the journal) anyway, and
+        the rows are written once it works again (the most recent MAX_PENDING_EVENTS kept)."""
+        try:
+            self.flush_events()
+        except GalleryError as exc:
+            if not self._events_failing:
+                logger.error(
+                    "cannot write events to the product database: %s. Recognition goes on; the "
+                    "events are still printed and are written when the database works again",
+                    exc,
+                )
+                self._events_failing = True
+            del self._unlogged[:-MAX_PENDING_EVENTS]
+        else:
+            if self._events_failing:
+                logger.warning("events are written to the product database again")
+                self._events_failing = False
+
     def _process(self, frame: np.ndarray, t0: float) -> None:
         if self._unlogged:
-            self.flush_events()
+            self._flush_events_or_warn()
         det = self.detector.detect(frame)
         action = self.tracker.update(det)
         if det is None and self.tracker.is_empty:

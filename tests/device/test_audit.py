@@ -71,6 +71,10 @@ def test_products_check_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
         (tree / product).mkdir(parents=True)
         for src in sorted((FIXTURE / "train" / product).glob("*.jpg"))[:3]:
             (tree / product / src.name).write_bytes(src.read_bytes())
+    assert cli.main(["products", "check", *db]) == 4  # a mistyped --db is not an empty set
+    assert "no product database at" in capsys.readouterr().err
+    assert not (tmp_path / "g.db").exists()
+    (tmp_path / "g.db").touch()  # an empty database (SQLite takes an empty file)
     assert cli.main(["products", "check", *db]) == 0
     assert "no products stored" in capsys.readouterr().err
     assert cli.main(["enroll", *db, "--from-images", str(tree)]) == 0
@@ -84,4 +88,4 @@ def test_products_check_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
     assert cli.main(["products", "check", *db, "--threshold", "-1"]) == 0
     captured = capsys.readouterr()
     assert "look-alike" in captured.out  # every pair scores above -1
-    assert "threshold -1.000 (from [matcher] threshold)" in captured.err
+    assert "threshold -1.000 (from --threshold)" in captured.err

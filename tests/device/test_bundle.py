@@ -47,6 +47,7 @@ def test_malformed_optional_fields_are_bundle_errors(
     assert "python -m convert" in str(info.value)
     # Through the command line: exit 3 (model bundle problem) with the message, no traceback.
     db = str(tmp_path / "g.db")
+    Path(db).touch()  # an empty database (SQLite takes an empty file): the model is checked
     assert cli.main(["products", "check", "--model", str(bundle), "--db", db]) == 3
     err = capsys.readouterr().err
     assert f"{meta_path}.{field}" in err and "Traceback" not in err
@@ -75,5 +76,6 @@ def test_bundle_dir_of_accepts_the_folder_or_either_file(tmp_path: Path) -> None
 def test_model_option_may_name_a_file_of_the_bundle(tmp_path: Path, name: str, capsys) -> None:
     # The real loader (no stand-in): the default bundle, named by one of its files.
     db = str(tmp_path / "g.db")
+    Path(db).touch()  # an empty database (SQLite takes an empty file): the model is checked
     assert cli.main(["products", "check", "--model", str(DEFAULT / name), "--db", db]) == 0
     assert "no products stored" in capsys.readouterr().err

@@ -419,3 +419,18 @@ def test_interrupted_photo_enrollment_says_what_was_stored_and_resumes(
     with pytest.raises(SystemExit):
         cli.main(["enroll", *c, "--from-images", str(tree), "--skip-existing", "--append"])
     assert cli.main(["enroll", *c, "Tea", "--skip-existing"]) == 2
+
+
+def test_flags_are_checked_and_named_in_errors(tmp_path: Path, capsys) -> None:
+    db = ["--db", str(tmp_path / "g.db")]
+    with pytest.raises(SystemExit) as exit_info:
+        cli.main(["run", *db, "--max-frames", "-1"])
+    assert exit_info.value.code == 2
+    assert "1 or more" in capsys.readouterr().err
+    assert cli.main(["run", *db, "--threshold", "2"]) == 2
+    assert "--threshold 2.0:" in capsys.readouterr().err
+    # Reading commands never create a database: a mistyped --db is an error, not an empty set.
+    for argv in (["products", "list"], ["gallery", "events"], ["gallery", "export", "x.zip"]):
+        assert cli.main([*argv, *db]) == 4, argv
+        assert "no product database at" in capsys.readouterr().err
+    assert not (tmp_path / "g.db").exists()

@@ -255,3 +255,20 @@ def test_skip_existing_and_append_exclude_each_other(tmp_path: Path) -> None:
             skip_existing=True,
             say=print,
         )
+
+
+def test_append_from_the_same_photos_adds_no_duplicate_views(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS[:1], n=2)
+    more = _tree(tmp_path / "more", PRODUCTS[:1], n=3)  # the same two photos and a new one
+    said: list[str] = []
+    kw = {"embedder": FakeEmbedder(), "config": cfg, "say": said.append}
+    with Gallery(cfg.gallery.path) as g:
+        enroll_from_images(tree, gallery=g, **kw)
+        with pytest.raises(ValueError, match="near-duplicates of its stored views"):
+            enroll_from_images(tree, gallery=g, append=True, **kw)
+        assert g.product(PRODUCTS[0]).n_views == 2
+        (result,) = enroll_from_images(more, gallery=g, append=True, **kw)
+        assert result.views == 1 and len(result.skipped) == 2
+        assert g.product(PRODUCTS[0]).n_views == 3
+    assert f"Stored {PRODUCTS[0]!r} with 1 views (3 in all) (2 skipped)" in said

@@ -22,14 +22,9 @@ import pytest
 
 from device.config import Config
 from device.errors import GalleryError
-from device.gallery import (
-    SCHEMA_VERSION,
-    Gallery,
-    export_gallery,
-    import_gallery,
-    read_gallery_export,
-)
+from device.gallery import SCHEMA_VERSION, Gallery
 from device.service import Recognizer
+from device.transfer import export_gallery, import_gallery, read_gallery_export
 
 from .fakes import FakeEmbedder
 
@@ -367,7 +362,7 @@ def test_another_applications_database_is_refused_unchanged(tmp_path: Path) -> N
     empty = tmp_path / "empty.db"
     empty.write_bytes(b"")  # e.g. made by `touch`: a new database
     with Gallery(empty) as g:
-        assert len(g) == 0 and g.conn.execute("PRAGMA user_version").fetchone()[0] == 1
+        assert len(g) == 0 and g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION
     damaged = tmp_path / "damaged.db"
     Gallery(damaged).close()
     conn = sqlite3.connect(damaged)
@@ -527,3 +522,41 @@ def test_export_destinations(tmp_path: Path, photos, monkeypatch: pytest.MonkeyP
         assert list(folder.iterdir()) == [] and not (tmp_path / "out.tmp").exists()
         assert export_gallery(g, folder / "x.zip") == 1
         assert [p.name for p in folder.iterdir()] == ["x.zip"]
+
+
+def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
+    from device.gallery import _v0_to_v1
+
+    db = tmp_path / "v1.db"
+    conn = sqlite3.connect(db, isolation_level=None)
+    conn.execute("BEGIN")
+    _v0_to_v1(conn)
+    conn.execute("PRAGMA user_version = 1")
+    conn.execute("INSERT INTO products(name, code, created) VALUES ('Old', NULL, 'then')")
+    conn.execute(
+        "INSERT INTO views(product_id, embedding, dim, model_id, crop, created) "
+        "VALUES (1, ?, 2, 'm', ?, 'then')",
+        (np.array([0.6, 0.8], "<f4").tobytes(), b"jpeg"),
+    )
+    conn.execute(
+        "INSERT INTO events(ts, label, status, score, box) "
+        "VALUES ('then', 'Old', 'known', 0.9, '[1, 2, 3, 4]')"
+    )
+    conn.execute("COMMIT")
+    conn.close()
+    with Gallery(db) as g:
+        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 2
+        assert [p.name for p in g.products()] == ["Old"]
+        emb, labels = g.load("m")
+        assert labels == ["Old"] and np.allclose(emb, [[0.6, 0.8]])
+        g.log_event({"time": "now", "label": "Old", "status": "known", "score": 0.8,
+                     "best": "Old", "box": [5, 6, 7, 8], "crop_box": [4, 5, 9, 9], "frame": 12})  # fmt: skip
+        old, new = g.events(10)
+    assert (old["time"], old["label"], old["box"], old["best"], old["frame"]) == (
+        "then",
+        "Old",
+        [1, 2, 3, 4],
+        None,
+        None,
+    )
+    assert (new["best"], new["crop_box"], new["frame"]) == ("Old", [4, 5, 9, 9], 12)

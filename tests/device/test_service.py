@@ -221,3 +221,38 @@ def test_an_object_gone_since_learning_does_not_block_recognition(
         events = service.run().events
     assert [e["label"] for e in events] == ["unknown", label]
     assert 110 <= events[1]["frame"] - 1 < 130
+
+
+def test_a_database_refusing_event_rows_does_not_stop_recognition(
+    tmp_path: Path, photos, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    from device.errors import GalleryError
+
+    cfg = make_config(tmp_path)
+    with Gallery(cfg.gallery.path) as g:
+        real = g.log_event
+        failing = {"on": True}
+
+        def log_event(event: dict) -> None:
+            if failing["on"]:
+                raise GalleryError("the disk is full")
+            real(event)
+
+        monkeypatch.setattr(g, "log_event", log_event)
+        out = io.StringIO()
+        service = Service(
+            cfg,
+            source_factory=lambda: scene_source(photos[:3]),
+            embedder=FakeEmbedder(),
+            gallery=g,
+            out=out,
+        )
+        service.should_stop = lambda: service.stats.n_events >= 2
+        stats = service.run()  # both placements recognised while no row can be written
+        assert stats.n_events == 2 and len(out.getvalue().splitlines()) == 2
+        assert g.events(10) == []
+        errors = [r for r in caplog.records if "cannot write events" in r.getMessage()]
+        assert len(errors) == 1  # said once, not per frame
+        failing["on"] = False
+        service._flush_events_or_warn()  # the database works again: nothing was lost
+        assert [r["label"] for r in g.events(10)] == [e["label"] for e in stats.events]
