@@ -94,20 +94,25 @@ def test_products_and_gallery_commands(
         assert {p.name for p in g.products()} == {"Banana", "Pepper"}
 
 
-def test_run_prints_json_events(
-    tmp_path: Path, config_file: Path, fake_model, photos, capsys
-) -> None:
-    video = write_frames(
+def placements_video(path: Path, photos: list, frames: int) -> Path:
+    """A video file of the photos placed in turn, 20 frames each with 10 empty between."""
+    return write_frames(
         SyntheticSource(
             SyntheticScene(seed=8, noise=2.0),
             [
                 Placement(lb, im, (150 + 60 * i, 120, 180, 180), 20 + 30 * i, 40 + 30 * i)
-                for i, (lb, im) in enumerate(photos[:3])
+                for i, (lb, im) in enumerate(photos)
             ],
-            115,
+            frames,
         ),
-        tmp_path / "scene.avi",
+        path,
     )
+
+
+def test_run_prints_json_events(
+    tmp_path: Path, config_file: Path, fake_model, photos, capsys
+) -> None:
+    video = placements_video(tmp_path / "scene.avi", photos[:3], 115)
     code = cli.main(
         [
             "run",
@@ -348,17 +353,7 @@ def test_run_refuses_a_crop_folder_it_cannot_write(
 def test_a_crop_that_cannot_be_saved_is_only_a_warning(
     tmp_path: Path, config_file: Path, fake_model, photos, monkeypatch, capsys
 ) -> None:
-    video = write_frames(
-        SyntheticSource(
-            SyntheticScene(seed=8, noise=2.0),
-            [
-                Placement(lb, im, (150 + 60 * i, 120, 180, 180), 20 + 30 * i, 40 + 30 * i)
-                for i, (lb, im) in enumerate(photos[:2])
-            ],
-            80,
-        ),
-        tmp_path / "scene.avi",
-    )
+    video = placements_video(tmp_path / "scene.avi", photos[:2], 80)
     crops = tmp_path / "crops"
     real_imwrite = cv2.imwrite
     calls: list[str] = []
