@@ -39,6 +39,11 @@ class ProductCheck:
 
     def flags(self, threshold: float) -> list[str]:
         out = []
+        if self.views == 1:
+            out.append(
+                "one view only: a placement showing another side may be reported unknown; add "
+                "views with `enroll --append`"
+            )
         if self.own_score is not None and self.own_score < threshold:
             out.append(
                 f"weak: its views match each other at {self.own_score:.3f}, under the threshold: "

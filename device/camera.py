@@ -81,13 +81,23 @@ def is_url(spec: str) -> bool:
     return "://" in spec
 
 
-def is_video_device(spec: str) -> bool:
-    """True for an existing character device such as /dev/video0 (or a /dev/v4l/by-id/...
-    symlink to one): a live V4L2 camera, unlike a video file."""
+# Linux's major device number of video4linux nodes (/dev/video*): other character devices, such
+# as /dev/null or a serial port, are not cameras.
+V4L_MAJOR = 81
+
+
+def _char_device_major(spec: str) -> int | None:
     try:
-        return stat.S_ISCHR(os.stat(spec).st_mode)
+        st = os.stat(spec)
     except (OSError, ValueError):  # missing, unreadable, or not a valid path at all
-        return False
+        return None
+    return os.major(st.st_rdev) if stat.S_ISCHR(st.st_mode) else None
+
+
+def is_video_device(spec: str) -> bool:
+    """True for an existing video4linux device such as /dev/video0 (or a /dev/v4l/by-id/...
+    symlink to one): a live V4L2 camera, unlike a video file."""
+    return _char_device_major(spec) == V4L_MAJOR
 
 
 def _names_video_device(spec: str) -> bool:
@@ -133,6 +143,11 @@ class OpenCVSource(_SourceBase):
         self.finite = isinstance(spec, str) and Path(spec).is_file()
         device = isinstance(spec, str) and is_video_device(spec)
         if isinstance(spec, str) and not (self.finite or device or is_url(spec)):
+            if _char_device_major(spec) is not None:
+                raise ValueError(
+                    f"{spec} is a device but not a camera (video4linux): give /dev/video<N> or a "
+                    "/dev/v4l/by-id/... name (ls /dev/video* /dev/v4l/by-id/); check --source"
+                )
             if _names_video_device(spec):
                 # An unplugged camera: a CameraError, so the service retries it like an index.
                 raise CameraError(

@@ -8,6 +8,7 @@ Recognition events go to stdout as JSON lines; everything else (logs, prompts) t
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import signal
@@ -139,6 +140,7 @@ def build_parser() -> argparse.ArgumentParser:
         "export", parents=[common], help="write every product to one zip file"
     )
     gexport.add_argument("file", type=Path)
+    gexport.add_argument("--overwrite", action="store_true", help="replace an existing file")
     gimport = gsub.add_parser("import", parents=[common], help="add the products of an export file")
     gimport.add_argument("file", type=Path)
     gimport.add_argument("--replace", action="store_true", help="replace products of the same name")
@@ -258,8 +260,22 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     from .enroll import EnrollAborted, EnrollInterrupted, enroll_from_images, guided_enroll
     from .gallery import Gallery
 
+    if not args.from_images and not args.name:
+        raise ValueError('give the product name: python -m device enroll "Name"')
     if args.skip_existing and not args.from_images:
         raise ValueError("--skip-existing applies to --from-images only")
+    if args.from_images:
+        from .enroll import product_folders
+
+        # Checked before the database is opened: a mistyped folder must not create one.
+        plan = product_folders(args.from_images, args.name)
+        if args.code and len(plan) > 1:
+            raise ValueError(
+                f"--code gives one product's code, but {args.from_images} holds {len(plan)} "
+                "products: enroll them without --code (or one folder at a time)"
+            )
+        if args.views is not None:
+            raise ValueError("--views is for enrollment from the camera; photos are all used")
 
     def on_term(signum: int, _frame: object) -> None:
         # Unwinds out of input() or the frame loop; the product being enrolled is not stored.
@@ -278,6 +294,8 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     try:
         with (
             embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
+            # The camera before the database: a failing camera must not leave an empty one.
+            _open_source(cfg) if not args.from_images else contextlib.nullcontext() as source,
             Gallery(cfg.gallery.path) as gallery,
         ):
             if args.from_images:
@@ -293,20 +311,17 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
                     say=say,
                 )
                 return EXIT_OK
-            if not args.name:
-                raise ValueError('give the product name: python -m device enroll "Name"')
-            with _open_source(cfg) as source:
-                guided_enroll(
-                    args.name,
-                    source=source,
-                    embedder=embedder,
-                    gallery=gallery,
-                    config=cfg,
-                    code=args.code,
-                    append=args.append,
-                    ask=ask,
-                    say=say,
-                )
+            guided_enroll(
+                args.name,
+                source=source,
+                embedder=embedder,
+                gallery=gallery,
+                config=cfg,
+                code=args.code,
+                append=args.append,
+                ask=ask,
+                say=say,
+            )
             return EXIT_OK
     except EnrollAborted as exc:
         say(f"Enrollment stopped ({exc}): nothing was stored.")
@@ -360,8 +375,8 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
                     print(f"{p.name:<{width}}  {p.n_views:>5}  {p.code or '-'}  {p.created}")
                 print(f"{len(items)} products", file=sys.stderr)
         elif args.action == "rename":
-            gallery.rename(args.old, args.new)
-            print(f"renamed {args.old!r} to {args.new!r}", file=sys.stderr)
+            stored = gallery.rename(args.old, args.new)
+            print(f"renamed {args.old!r} to {stored!r}", file=sys.stderr)
         elif args.action == "delete":
             gallery.delete(args.name)
             print(f"deleted {args.name!r}", file=sys.stderr)
@@ -427,18 +442,25 @@ def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
     export = read_gallery_export(args.file) if args.action == "import" else None
     if args.action != "import":
         _require_database(cfg)
+    if export is not None:
+        # The model before the database: a bad --model must not leave an empty database behind.
+        with (
+            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
+            Gallery(cfg.gallery.path) as gallery,
+        ):
+            res = import_gallery(gallery, export, embedder, replace=args.replace)
+        names = lambda items: ", ".join(items) or "none"  # noqa: E731
+        print(
+            f"imported {len(res.added)} products ({res.reembedded} views re-embedded for this "
+            f"model); replaced: {names(res.replaced)}; skipped (already present, see "
+            f"--replace): {names(res.skipped)}",
+            file=sys.stderr,
+        )
+        return EXIT_OK
     with Gallery(cfg.gallery.path) as gallery:
         if args.action == "export":
-            n = export_gallery(gallery, args.file)
+            n = export_gallery(gallery, args.file, overwrite=args.overwrite)
             print(f"exported {n} products to {args.file}", file=sys.stderr)
-        elif args.action == "import":
-            with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
-                res = import_gallery(gallery, export or args.file, embedder, replace=args.replace)
-            print(
-                f"imported {len(res.added)} products ({res.reembedded} views re-embedded for this "
-                f"model); skipped (already present): {res.skipped or 'none'}",
-                file=sys.stderr,
-            )
         elif args.action == "events":
             for event in gallery.events(args.limit):
                 print(json.dumps(event))

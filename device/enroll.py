@@ -23,7 +23,7 @@ from .camera import FrameSource
 from .config import Config
 from .crop import Box, object_crop
 from .errors import CameraError
-from .gallery import EmbedderLike, Gallery
+from .gallery import EmbedderLike, Gallery, product_name
 from .images import list_images, load_image
 from .placement import Action, PlacementTracker
 
@@ -43,6 +43,10 @@ class EnrollAborted(Exception):  # noqa: N818 - an outcome, not a fault
     """The person stopped the enrollment (or the camera/source ended): nothing was stored."""
 
 
+class NothingNewError(ValueError):
+    """--append: every photo of the product is already stored (a near-duplicate of a view)."""
+
+
 class EnrollInterrupted(KeyboardInterrupt):
     """Ctrl-C or SIGTERM part way through enrollment from photos.
 
@@ -60,9 +64,9 @@ class EnrollInterrupted(KeyboardInterrupt):
         return progress_summary(self.stored, self.not_stored, append=self.append)
 
 
-def _name_list(names: list[str], limit: int = 12) -> str:
-    shown = ", ".join(names[:limit])
-    return shown + (f" and {len(names) - limit} more" if len(names) > limit else "")
+def _name_list(names: list[str]) -> str:
+    # Whole: after an interruption the person needs every name, not the first few.
+    return ", ".join(names)
 
 
 def progress_summary(stored: list[str], not_stored: list[str], *, append: bool = False) -> str:
@@ -73,8 +77,8 @@ def progress_summary(stored: list[str], not_stored: list[str], *, append: bool =
     if append:
         return (
             f"views were added to {len(stored)} of {total} products: {_name_list(stored)}; not "
-            f"to: {_name_list(not_stored) or 'none'}. Running it again with --append would add "
-            "the views of the first ones twice: move their folders out of the photo folder first."
+            f"to: {_name_list(not_stored) or 'none'}. Run the same command again: photos whose "
+            "views are already stored are skipped as near-duplicates, so nothing is added twice."
         )
     return (
         f"stored {len(stored)} of {total} products: {_name_list(stored)}; not stored: "
@@ -161,7 +165,7 @@ def guided_enroll(
 
     `ask` shows a prompt and waits for Enter ("q" aborts); `say` shows progress. Raises
     EnrollAborted (nothing stored) on "q", closed input, a stop request or the end of the source."""
-    name = name.strip()
+    name = product_name(name)
     if not name:
         raise ValueError("a product needs a name")
     if gallery.product(name) is not None and not append:
@@ -275,10 +279,10 @@ def enroll_from_images(
         )
     plan = product_folders(Path(folder), name)
     existing = {p.name for p in gallery.products()}
-    clash = [n for n, _ in plan if n.strip() in existing]
+    clash = [n for n, _ in plan if product_name(n) in existing]
     if clash and skip_existing:
         say(f"Skipping {len(clash)} product(s) already stored: {_name_list(clash)}")
-        plan = [(n, paths) for n, paths in plan if n.strip() not in existing]
+        plan = [(n, paths) for n, paths in plan if product_name(n) not in existing]
     elif clash and not append:
         raise ValueError(
             f"product(s) {clash} already exist: use --skip-existing to add only the others, "
@@ -286,13 +290,19 @@ def enroll_from_images(
         )
     results: list[PhotoEnrollResult] = []
     stored: list[str] = []
+    unchanged: list[str] = []  # --append: every photo already stored
     current: str | None = None  # the product being stored when an interruption comes
     views_before: int | None = None
     try:
         for product, paths in plan:
             current, views_before = product, None
             prior = _stored_embeddings(gallery, product, embedder.model_id) if append else None
-            views, skipped = _photo_views(product, paths, embedder, config, prior)
+            try:
+                views, skipped = _photo_views(product, paths, embedder, config, prior)
+            except NothingNewError:
+                say(f"Nothing new for {product!r}: all its photos are already stored")
+                unchanged.append(product)
+                continue
             views_before = _n_views(gallery, product)
             gallery.add_product(
                 product,
@@ -321,25 +331,25 @@ def enroll_from_images(
             and _n_views(gallery, current) > views_before
         ):
             stored.append(current)
-        not_stored = [n for n, _ in plan if n not in stored]
+        not_stored = [n for n, _ in plan if n not in stored and n not in unchanged]
         raise EnrollInterrupted(stored, not_stored, append=append) from exc
     except Exception:
         if stored:  # the products before the failing one are in the database: say so
-            not_stored = [n for n, _ in plan if n not in stored]
+            not_stored = [n for n, _ in plan if n not in stored and n not in unchanged]
             say(f"Stopped part way: {progress_summary(stored, not_stored, append=append)}")
         raise
     return results
 
 
 def _n_views(gallery: Gallery, name: str) -> int:
-    product = gallery.product(name.strip())
+    product = gallery.product(name)
     return 0 if product is None else product.n_views
 
 
 def _stored_embeddings(gallery: Gallery, name: str, model_id: str) -> np.ndarray | None:
     """The product's stored views (this model's), for the near-duplicate check of --append."""
     emb, labels = gallery.load(model_id)
-    mine = [i for i, label in enumerate(labels) if label == name.strip()]
+    mine = [i for i, label in enumerate(labels) if label == product_name(name)]
     return emb[mine] if mine else None
 
 
@@ -377,8 +387,7 @@ def _photo_views(
     for line in skipped:
         logger.warning("skipped %s", line)
     if not views:
-        raise ValueError(
-            f"{product}: none of its {len(paths)} photos could be used"
-            + (" (all are near-duplicates of its stored views)" if stored is not None else "")
-        )
+        if stored is not None and all("already stored" in line for line in skipped):
+            raise NothingNewError(f"{product}: all its photos are already stored")
+        raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
     return views, skipped

@@ -3,7 +3,7 @@
     products(id, name UNIQUE, code, created)
     views(id, product_id -> products, embedding float32 BLOB, dim, model_id, crop JPEG BLOB, created)
     events(id, ts, label, status, score, runner_up, runner_up_score, box, latency_ms, model_id,
-           best, crop_box, frame)   -- the event's JSON line, field for field (schema 2)
+           best, crop_box, frame, crop_file)   -- the event's JSON line, field for field
     meta(key, value)   -- 'products_rev': bumped by every change to products or views
 
 WAL mode and a busy timeout let `enroll` write while `run` reads in another process; `run` notices
@@ -25,6 +25,7 @@ import json
 import logging
 import sqlite3
 import time
+import unicodedata
 from collections.abc import Callable, Iterator, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
@@ -39,7 +40,7 @@ from .errors import GalleryError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 2
+SCHEMA_VERSION = 3
 MAX_EVENTS = 100_000  # the events table is trimmed to the most recent rows
 TABLES = ("products", "views", "events", "meta")  # the tables of the current schema
 
@@ -85,6 +86,12 @@ class Product:
     code: str | None
     created: str
     n_views: int
+
+
+def product_name(text: str) -> str:
+    """A product name as stored and looked up: trimmed, and in Unicode NFC, so "mjölk" typed on
+    the device and "mjölk" from a folder copied off a Mac (decomposed) are one product."""
+    return unicodedata.normalize("NFC", text).strip()
 
 
 def utc_now() -> str:
@@ -175,8 +182,20 @@ def _v1_to_v2(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v2_to_v3(conn: sqlite3.Connection) -> None:
+    # The saved crop's file (run --save-crops), and `best` of the events logged before schema 2
+    # (a known event's best product is its label).
+    _run_script(
+        conn,
+        """
+        ALTER TABLE events ADD COLUMN crop_file TEXT;
+        UPDATE events SET best = label WHERE best IS NULL AND status = 'known';
+        """,
+    )
+
+
 # _MIGRATIONS[i] migrates a database at user_version i to i + 1 (inside one transaction).
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -411,6 +430,7 @@ class Gallery(Closing):
         return [Product(*row) for row in rows]
 
     def product(self, name: str) -> Product | None:
+        name = product_name(name)
         return next((p for p in self.products() if p.name == name), None)
 
     def __len__(self) -> int:
@@ -435,7 +455,7 @@ class Gallery(Closing):
         """Store a product with its (embedding, crop BGR) views in one transaction; its id.
 
         `append` adds the views to an existing product of that name instead of refusing it."""
-        name = name.strip()
+        name = product_name(name)
         if not name:
             raise ValueError("a product needs a name")
         if not views:
@@ -487,8 +507,9 @@ class Gallery(Closing):
         with self.transaction(f"storing the product {name!r}") as c:
             return write(c)
 
-    def rename(self, old: str, new: str) -> None:
-        new = new.strip()
+    def rename(self, old: str, new: str) -> str:
+        """Rename a product; the new name as stored."""
+        old, new = product_name(old), product_name(new)
         if not new:
             raise ValueError("the new name is empty")
         with self.transaction(f"renaming the product {old!r}") as c:
@@ -497,8 +518,10 @@ class Gallery(Closing):
             if c.execute("UPDATE products SET name = ? WHERE name = ?", (new, old)).rowcount == 0:
                 raise ValueError(f"no product named {old!r} (see `python -m device products list`)")
             self._bump(c)
+        return new
 
     def delete(self, name: str) -> None:
+        name = product_name(name)
         with self.transaction(f"deleting the product {name!r}") as c:
             if c.execute("DELETE FROM products WHERE name = ?", (name,)).rowcount == 0:
                 raise ValueError(
@@ -658,8 +681,8 @@ class Gallery(Closing):
         with self._failures("logging a recognition event"):
             self.conn.execute(
                 "INSERT INTO events(ts, label, status, score, runner_up, runner_up_score, box, "
-                "latency_ms, model_id, best, crop_box, frame) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, model_id, best, crop_box, frame, crop_file) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.get("time") or utc_now(),
                     event.get("label"),
@@ -673,6 +696,7 @@ class Gallery(Closing):
                     event.get("best"),
                     json.dumps(crop_box) if crop_box is not None else None,
                     event.get("frame"),
+                    event.get("crop_file"),
                 ),
             )
             self._events_since_trim += 1
@@ -688,7 +712,8 @@ class Gallery(Closing):
         with self._failures("reading the events"):
             cur = self.conn.execute(
                 "SELECT ts AS time, label, status, score, best, runner_up, runner_up_score, box, "
-                "crop_box, latency_ms, frame, model_id FROM events ORDER BY id DESC LIMIT ?",
+                "crop_box, latency_ms, frame, model_id, crop_file FROM events "
+                "ORDER BY id DESC LIMIT ?",
                 (limit,),
             )
             cols = [d[0] for d in cur.description]
@@ -698,6 +723,8 @@ class Gallery(Closing):
             item = dict(zip(cols, row, strict=True))
             for key in ("box", "crop_box"):
                 item[key] = json.loads(item[key]) if item[key] else None
+            if item["crop_file"] is None:  # as `run` prints it: the key only when a crop was saved
+                del item["crop_file"]
             out.append(item)
         return out[::-1]
 

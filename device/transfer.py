@@ -15,13 +15,20 @@ import logging
 import zipfile
 import zlib
 from contextlib import suppress
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .gallery import EmbedderLike, Gallery, decode_crop_or_none, embedding_blob, utc_now
+from .gallery import (
+    EmbedderLike,
+    Gallery,
+    decode_crop_or_none,
+    embedding_blob,
+    product_name,
+    utc_now,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -29,11 +36,19 @@ EXPORT_FORMAT = "prodrec-gallery"
 EXPORT_VERSION = 1
 
 
-def export_gallery(gallery: Gallery, path: str | Path) -> int:
+def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = False) -> int:
     """Write every product (views' embeddings, model ids and crops) to one zip file; the number of
     products. Written to a temporary name first, so a crash leaves no half file; the temporary
-    file is removed whatever happens. A bad destination is a ValueError that says so."""
+    file is removed whatever happens. A bad destination is a ValueError that says so; an existing
+    file is replaced only with `overwrite`, and the database itself never."""
     path = Path(path)
+    db = Path(gallery.path).resolve()
+    if path.resolve() in {db, db.with_name(db.name + "-wal"), db.with_name(db.name + "-shm")}:
+        raise ValueError(
+            f"{path} is the product database itself: give another file name, e.g. products.zip"
+        )
+    if path.is_file() and not overwrite:
+        raise ValueError(f"{path} already exists: give another name, or --overwrite to replace it")
     if path.is_dir():
         raise ValueError(
             f"{path} is a folder: give the name of the file to write, e.g. {path / 'products.zip'}"
@@ -218,7 +233,7 @@ def read_gallery_export(path: str | Path) -> GalleryExport:
             name = item.get("name")
             if not isinstance(name, str) or not name.strip():
                 raise bad(f"product {i} has no name (or a blank one)")
-            name = name.strip()  # as enroll stores names
+            name = product_name(name)  # as enroll stores names
             if name in names:
                 raise bad(f"the product {name!r} appears twice")
             code, created, views_in = item.get("code"), item.get("created"), item.get("views")
@@ -259,9 +274,10 @@ def read_gallery_export(path: str | Path) -> GalleryExport:
 
 @dataclass(frozen=True)
 class ImportResult:
-    added: list[str]
+    added: list[str]  # every product written, the replaced ones included
     skipped: list[str]  # names that already existed (not replaced)
     reembedded: int  # views re-embedded because the export came from another model
+    replaced: list[str] = field(default_factory=list)  # stored products overwritten (--replace)
 
 
 def import_gallery(
@@ -307,6 +323,7 @@ def import_gallery(
             reembedded += len(redo)
         plan.append((product, rows))
     added: list[str] = []
+    replaced: list[str] = []
     skipped = [p.name for p in export.products if p.name in existing and not replace]
     with gallery.transaction(f"importing {export.path}") as c:
         present = {r[0] for r in c.execute("SELECT name FROM products")}
@@ -316,6 +333,7 @@ def import_gallery(
                     skipped.append(product.name)
                     continue
                 c.execute("DELETE FROM products WHERE name = ?", (product.name,))
+                replaced.append(product.name)
             gallery._insert(
                 product.name, product.code, rows, target, created=product.created, conn=c
             )
@@ -326,7 +344,7 @@ def import_gallery(
         len(skipped),
         reembedded,
     )
-    return ImportResult(added, skipped, reembedded)
+    return ImportResult(added, skipped, reembedded, replaced)
 
 
 def _check_dim(gallery: Gallery, export: GalleryExport, embedder: EmbedderLike) -> None:

@@ -56,7 +56,8 @@ def test_flags_weak_and_look_alike_products() -> None:
     assert checks["a"].flags(0.9) == []  # its views agree, nothing else is close
     assert any("weak" in f for f in checks["b"].flags(0.9))  # its two views disagree (cos 0.64)
     assert any("look-alike of 'b'" in f for f in checks["a"].flags(0.5))
-    assert checks["c"].own_score is None and checks["c"].flags(0.5) == []
+    assert checks["c"].own_score is None
+    assert [f.split(":")[0] for f in checks["c"].flags(0.5)] == ["one view only"]
     only = check_products(e[:2], ["a", "a"])
     assert only[0].nearest is None and reject_all_threshold(only) is None
     with pytest.raises(ValueError):
@@ -89,3 +90,10 @@ def test_products_check_cli(tmp_path: Path, monkeypatch: pytest.MonkeyPatch, cap
     captured = capsys.readouterr()
     assert "look-alike" in captured.out  # every pair scores above -1
     assert "threshold -1.000 (from --threshold)" in captured.err
+
+
+def test_a_product_with_one_view_is_flagged() -> None:
+    emb = np.eye(4, dtype=np.float32)[[0, 1, 1, 2]]
+    one, two, _ = check_products(emb, ["one", "two", "two", "other"])
+    assert any("one view only" in f for f in one.flags(0.5))
+    assert not any("one view only" in f for f in two.flags(0.5))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import importlib.util
 import os
 import socket
+import stat
 import sys
 import threading
 import time
@@ -18,6 +19,7 @@ import cv2
 import numpy as np
 import pytest
 
+import device.camera as camera_module
 from device.camera import (
     STREAM_TIMEOUT_S,
     CameraLibraryMissingError,
@@ -203,15 +205,37 @@ def test_a_stream_that_never_answers_fails_to_open_within_the_timeout() -> None:
 
 # --- video device nodes --------------------------------------------------------------------------
 
-CHAR_DEVICE = "/dev/null"  # any character device stands in for /dev/video0
+CHAR_DEVICE = "/dev/null"  # stands in for /dev/video0 once its major number is taken as V4L's
+
+
+def _char_major(path: str) -> int | None:
+    try:
+        st = os.stat(path)
+    except OSError:
+        return None
+    return os.major(st.st_rdev) if stat.S_ISCHR(st.st_mode) else None
+
+
 needs_char_device = pytest.mark.skipif(
-    not is_video_device(CHAR_DEVICE), reason="needs /dev/null as a character device"
+    _char_major(CHAR_DEVICE) is None, reason="needs /dev/null as a character device"
 )
+
+
+@pytest.fixture
+def null_is_a_camera(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(camera_module, "V4L_MAJOR", _char_major(CHAR_DEVICE))
+
+
+@needs_char_device
+def test_other_character_devices_are_not_cameras() -> None:
+    assert not is_video_device(CHAR_DEVICE) and not is_live_spec(CHAR_DEVICE)
+    with pytest.raises(ValueError, match="is a device but not a camera"):
+        open_source(CHAR_DEVICE)
 
 
 @needs_char_device
 def test_video_device_paths_are_live_cameras(
-    tmp_path: Path, recording_capture: type[RecordingCapture]
+    tmp_path: Path, recording_capture: type[RecordingCapture], null_is_a_camera: None
 ) -> None:
     by_id = tmp_path / "usb-Webcam_C270-video-index0"  # like /dev/v4l/by-id/...
     by_id.symlink_to(CHAR_DEVICE)
@@ -227,7 +251,7 @@ def test_video_device_paths_are_live_cameras(
 
 
 @needs_char_device
-def test_video_device_that_cannot_be_opened_or_is_unplugged() -> None:
+def test_video_device_that_cannot_be_opened_or_is_unplugged(null_is_a_camera: None) -> None:
     # The real OpenCV: the node exists but is no camera -> a camera error, not "neither ... nor".
     with pytest.raises(CameraError, match="cannot open"):
         OpenCVSource(CHAR_DEVICE)

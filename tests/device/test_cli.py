@@ -18,7 +18,6 @@ import numpy as np
 import pytest
 
 from device import cli
-from device.camera import is_video_device
 from device.gallery import Gallery
 from device.service import Service
 from device.synthetic import Placement, SyntheticScene, SyntheticSource, write_frames
@@ -249,10 +248,15 @@ def test_sigterm_stops_run_cleanly(tmp_path: Path, config_file: Path) -> None:
 # --- camera faults: what is retried and what stops the start ------------------------------------
 
 
-@pytest.mark.skipif(not is_video_device("/dev/null"), reason="needs /dev/null as a char device")
+@pytest.mark.skipif(not Path("/dev/null").is_char_device(), reason="needs /dev/null")
 def test_run_retries_a_video_device_like_a_camera(
     tmp_path: Path, config_file: Path, fake_model, monkeypatch, capsys
 ) -> None:
+    import device.camera
+
+    # /dev/null stands in for /dev/video0: its major number taken as video4linux's.
+    monkeypatch.setattr(device.camera, "V4L_MAJOR", os.major(os.stat("/dev/null").st_rdev))
+
     class FlakyCapture:  # 12 frames per open, then "unplugged"
         opens = 0
 
@@ -429,3 +433,52 @@ def test_flags_are_checked_and_named_in_errors(tmp_path: Path, capsys) -> None:
         assert cli.main([*argv, *db]) == 4, argv
         assert "no product database at" in capsys.readouterr().err
     assert not (tmp_path / "g.db").exists()
+
+
+def test_failing_commands_create_no_database_and_exports_never_overwrite_it(
+    tmp_path: Path, fake_model, capsys
+) -> None:
+    db = tmp_path / "g.db"
+    assert cli.main(["enroll", "--db", str(db), "--from-images", str(tmp_path / "none")]) == 2
+    assert cli.main(["gallery", "import", str(tmp_path / "x.zip"), "--db", str(db)]) == 2
+    assert not db.exists()
+    # --code names one product: refused for a folder of several.
+    argv = ["enroll", "--db", str(db), "--from-images", str(FIXTURE / "train"), "--code", "1"]
+    assert cli.main(argv) == 2 and "--code gives one product's code" in capsys.readouterr().err
+    assert not db.exists()
+    assert (
+        cli.main(["enroll", "--db", str(db), "--from-images", str(FIXTURE / "train" / "Banana")])
+        == 0
+    )
+    capsys.readouterr()
+    assert cli.main(["gallery", "export", str(db), "--db", str(db)]) == 2
+    assert "is the product database itself" in capsys.readouterr().err
+    other = tmp_path / "other.zip"
+    other.write_bytes(b"keep me")
+    assert cli.main(["gallery", "export", str(other), "--db", str(db)]) == 2
+    assert "already exists" in capsys.readouterr().err and other.read_bytes() == b"keep me"
+    assert cli.main(["gallery", "export", str(other), "--db", str(db), "--overwrite"]) == 0
+    # Importing onto itself with --replace says what it replaced.
+    assert cli.main(["gallery", "import", str(other), "--db", str(db), "--replace"]) == 0
+    assert "replaced: Banana;" in capsys.readouterr().err
+    with Gallery(db) as g:
+        assert [p.name for p in g.products()] == ["Banana"]
+
+
+def test_product_names_are_trimmed_and_unicode_normalised(
+    tmp_path: Path, fake_model, capsys
+) -> None:
+    import unicodedata
+
+    db = ["--db", str(tmp_path / "g.db")]
+    decomposed = unicodedata.normalize("NFD", "Havre mjölk")  # as a folder copied off a Mac
+    photos = tmp_path / decomposed
+    photos.mkdir()
+    for src in sorted((FIXTURE / "train" / "Banana").glob("*.jpg"))[:2]:
+        (photos / src.name).write_bytes(src.read_bytes())
+    assert cli.main(["enroll", *db, "--from-images", str(photos)]) == 0
+    assert cli.main(["products", "rename", " Havre mjölk ", "  Oat milk  ", *db]) == 0
+    assert "to 'Oat milk'" in capsys.readouterr().err
+    assert cli.main(["products", "delete", " Oat milk", *db]) == 0
+    with Gallery(tmp_path / "g.db") as g:
+        assert len(g) == 0

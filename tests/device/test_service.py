@@ -107,6 +107,7 @@ def test_max_frames_and_saved_crops(tmp_path: Path, photos) -> None:
             out=io.StringIO(),
         )
         stats = service.run(max_frames=45)  # the first placement (20..36) only
+        assert g.events(10) == list(stats.events)  # crop_file kept with the event's row
     assert stats.frames == 45 and len(stats.events) == 1
     saved = Path(stats.events[0]["crop_file"])
     assert saved.parent == tmp_path / "crops" and cv2.imread(str(saved)).shape[0] > 100
