@@ -112,6 +112,17 @@ def summary(bundle: Path) -> str:
     return "\n".join(lines)
 
 
+EXIT_INTERRUPTED = 130
+
+
+def _interrupted() -> int:
+    print(
+        "convert: interrupted: no bundle was written (an existing --out is unchanged)",
+        file=sys.stderr,
+    )
+    return EXIT_INTERRUPTED
+
+
 def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     level = logging.DEBUG if args.verbose else logging.WARNING if args.quiet else logging.INFO
@@ -137,6 +148,8 @@ def main(argv: list[str] | None = None) -> int:
             input_size=args.input_size,
             latency_runs=args.latency_runs,
         )
+    except KeyboardInterrupt:
+        return _interrupted()
     except ParityError as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return EXIT_FAILED
@@ -144,6 +157,8 @@ def main(argv: list[str] | None = None) -> int:
         print(f"convert: error: {exc}", file=sys.stderr)
         return EXIT_BAD_INPUT
     except ConvertError as exc:
+        if "KeyboardInterrupt" in str(exc):  # Ctrl-C inside TensorFlow's converter, wrapped
+            return _interrupted()
         print(f"convert: error: {exc}", file=sys.stderr)
         return EXIT_FAILED
     print(summary(bundle))

@@ -21,6 +21,7 @@ from typing import Any
 import numpy as np
 
 from device.bundle import (
+    META_FILE,
     MODEL_FILE,
     BundleMeta,
     InputSpec,
@@ -96,6 +97,8 @@ def convert_run(
         raise ValueError("--enroll and --query go together (P@1 needs both trees)")
     if not 0.0 < min_cosine <= 1.0:
         raise ValueError(f"--min-cosine must be in (0, 1], got {min_cosine}")
+    if latency_runs < 1:
+        raise ValueError(f"--latency-runs must be 1 or more, got {latency_runs}")
     out_dir = Path(out_dir)
     _check_out_dir(out_dir, overwrite)
     source = resolve_source(
@@ -118,6 +121,13 @@ def convert_run(
 
     log.info("loading %s", source.extractor_path)
     model = load_extractor(source.extractor_path)
+    out_size = model.output_shape[-1] if isinstance(model.output_shape, tuple) else None
+    if source.embedding_dim is not None and out_size != source.embedding_dim:
+        # e.g. model.keras (extractor + head: class scores) given instead of extractor.keras
+        raise ValueError(
+            f"{source.extractor_path} outputs {out_size} values, but its run's config.json says "
+            f"the embedding has {source.embedding_dim}: give the RUN_DIR or its extractor.keras"
+        )
     spec = float_spec(source, tuple(model.input_shape))
     calib = cal.prepare_files(calib_paths, spec)
     if len(calib.inputs) == 0:
@@ -217,12 +227,27 @@ def keras_embed(model: Any, inputs: np.ndarray, batch_size: int = 16) -> np.ndar
 
 
 def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
+    """Before any slow work: --out must be a new or empty folder, or (with --overwrite) a bundle,
+    in a folder this user can write."""
     if out_dir.exists() and not out_dir.is_dir():
         raise ValueError(f"--out {out_dir} is a file; give a folder for the bundle")
-    if out_dir.is_dir() and any(out_dir.iterdir()) and not overwrite:
-        raise ValueError(f"--out {out_dir} already exists and is not empty: pass --overwrite")
-    if not out_dir.parent.is_dir():
+    if out_dir.is_dir() and any(out_dir.iterdir()):
+        if not overwrite:
+            raise ValueError(f"--out {out_dir} already exists and is not empty: pass --overwrite")
+        if not (out_dir / META_FILE).is_file():
+            # --overwrite replaces a bundle, never a run, a photo folder or anything else.
+            raise ValueError(
+                f"--out {out_dir} holds files but no {META_FILE}: it is not a model bundle, and "
+                "--overwrite only replaces a bundle; give another --out"
+            )
+    try:
         out_dir.parent.mkdir(parents=True, exist_ok=True)
+        tempfile.TemporaryDirectory(prefix=".write-test-", dir=out_dir.parent).cleanup()
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write the bundle into {out_dir.parent} ({exc.strerror or exc}): give an --out "
+            "in a folder you can write"
+        ) from exc
 
 
 def _move_into_place(staging: Path, out_dir: Path) -> None:

@@ -28,8 +28,13 @@ class Source:
     resize: str
     name: str
     classes: tuple[str, ...] = ()
+    embedding_dim: int | None = None  # from config.json: the extractor's output must have it
     threshold: float | None = None
     threshold_info: dict[str, Any] = field(default_factory=dict)
+
+
+def _is_count(value: object) -> bool:
+    return isinstance(value, int) and not isinstance(value, bool) and value > 0
 
 
 def read_config(path: Path) -> dict[str, Any]:
@@ -146,6 +151,9 @@ def resolve_source(
         resize=resize_mode,
         name=name or _default_name(model, extractor),
         classes=classes,
+        embedding_dim=int(model["embedding_dim"])
+        if _is_count(model.get("embedding_dim"))
+        else None,
         threshold=threshold,
         threshold_info=threshold_info,
     )

@@ -143,12 +143,18 @@ def calibration_split(
     from .data import scan_dataset
 
     train_cfg = run_config.get("training") or {}
-    ds = scan_dataset(
-        data_dir,
-        classes=classes,
-        val_split=float(train_cfg.get("val_split", 0.15)),
-        seed=int(train_cfg.get("seed", 0)),
-    )
+    try:
+        ds = scan_dataset(
+            data_dir,
+            classes=classes,
+            val_split=float(train_cfg.get("val_split", 0.15)),
+            seed=int(train_cfg.get("seed", 0)),
+        )
+    except ValueError as exc:
+        raise ValueError(
+            f"--data {data_dir} does not hold the photos the run was trained on as DATA/<class> "
+            f"(or DATA/train/<class> and DATA/val/<class>) folders: {exc}"
+        ) from exc
     split = {}
     for path, label in ds.val:
         name = ds.classes[label] if isinstance(label, (int, np.integer)) else str(label)
@@ -185,7 +191,11 @@ def calibrate_embedder(
 ) -> dict[str, Any]:
     """Embed a {class: validation images} split and calibrate on it."""
     if not split:
-        raise ValueError("no validation images to calibrate on")
+        raise ValueError(
+            "no validation images to calibrate on (a run fitted with --val-split 0 on a folder "
+            "without val/ has none): pass --data DIR whose val/<class> folders hold 2+ photos of "
+            "the run's classes, or --unseen with photos of classes it was not trained on"
+        )
     paths = [p for ps in split.values() for p in sorted(ps)]
     labels = [c for c, ps in split.items() for _ in ps]
     emb = embedder.embed_paths(paths, progress=progress, label="calibration images")
@@ -213,6 +223,10 @@ def calibrate_run(
     from .run import read_run_config, write_run_config
 
     run_dir = Path(run_dir)
+    if gallery_shots < 1:  # checked before the slow embedding
+        raise ValueError(f"--shots must be at least 1, got {gallery_shots}")
+    if not 0.0 <= target_far <= 1.0:
+        raise ValueError(f"--target-far must be within [0, 1], got {target_far}")
     cfg = read_run_config(run_dir)
     split, source = calibration_split(cfg, data_dir, unseen=unseen)
     embedder = KerasEmbedder.from_path(run_dir)

@@ -239,8 +239,16 @@ def main(argv: Sequence[str] | None = None) -> int:
         format="%(asctime)s %(levelname)s %(name)s: %(message)s",
         stream=sys.stderr,
     )
+    from device.errors import DeviceError
+
     try:
         return int(args.func(args) or 0)
-    except ValueError as exc:
+    except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        # fit writes its run whole or not at all, calibrate its config.json in one rename.
+        print(
+            "interrupted: a run being written was discarded; nothing else changed", file=sys.stderr
+        )
+        return 130

@@ -199,7 +199,8 @@ def _check_counts(counts: dict[str, int], where: Path) -> None:
         listed = ", ".join(f"{n} ({c})" for n, c in few.items())
         raise ValueError(
             f"class(es) with fewer than {MIN_IMAGES_PER_CLASS} usable images in {where}: {listed}. "
-            "Add photos, or leave the class out (remove its folder or use --classes)"
+            "Add photos, or leave the class out (remove its folder or use --classes); when the "
+            "validation split took the class's other photos, --val-split 0 keeps them all"
         )
 
 

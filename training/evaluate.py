@@ -90,7 +90,10 @@ def evaluate_embeddings(
         "n_query": len(query_labels),
         "p_at_1": metrics.precision_at_1(predicted, list(query_labels)),
         "map_at_r": metrics.map_at_r(sim, enroll_labels, query_labels),
-        "auroc_leave_class_out": metrics.auroc(best_all, impostor),
+        # With one product there is no other to be taken for: no leave-class-out unknowns.
+        "auroc_leave_class_out": metrics.auroc(best_all, impostor)
+        if np.isfinite(impostor).any()
+        else None,
         "per_product_accuracy": metrics.per_product_accuracy(predicted, list(query_labels)),
         "confused_pairs": [
             {"true": t, "predicted": p, "count": n}
@@ -124,7 +127,9 @@ def evaluate_embeddings(
             "accepted_right": lco.accepted_right,
             "accepted_wrong": lco.accepted_wrong,
             "rejected": lco.rejected,
-            "false_accept_leave_class_out": lco.false_accept,
+            "false_accept_leave_class_out": lco.false_accept
+            if np.isfinite(impostor).any()
+            else None,
         }
         if unknown_best is not None:
             at["false_accept_unknown"] = metrics.false_accept_rate(unknown_best, threshold)
@@ -142,6 +147,13 @@ def evaluate_embeddings(
             "false_accept_leave_class_out": oracle.false_accept,
         }
     return result, arrays
+
+
+def _shared_files(a: Split, b: Split) -> list[Path]:
+    def files(split: Split) -> set[Path]:
+        return {Path(p).resolve() for paths in split.values() for p in paths}
+
+    return sorted(files(a) & files(b))
 
 
 def _resolve_splits(
@@ -191,8 +203,17 @@ def evaluate(
 ) -> dict[str, Any]:
     """Run the evaluation and write REPORT_DIR; returns the report dict."""
     start = time.monotonic()
+    if Path(out_dir).exists() and not Path(out_dir).is_dir():
+        raise ValueError(f"--out {out_dir} is a file: give a folder for the report")
     enroll_split, query_split, source = _resolve_splits(enroll, query, protocol, data_root)
     enroll_split, short = cap_shots(enroll_split, shots)
+    shared = _shared_files(enroll_split, query_split)
+    if shared:
+        # A query identical to an enrollment shot scores 1.0: the figures would mean nothing.
+        raise ValueError(
+            f"{len(shared)} image(s) are both enrollment shots and queries (e.g. {shared[0]}): "
+            "give --enroll and --query photos that do not overlap"
+        )
     unknown_split: Split = scan_tree(unknown, what="--unknown") if unknown is not None else {}
     not_enrolled = sorted(set(query_split) - set(enroll_split))
     if not_enrolled:
@@ -304,10 +325,13 @@ def _write_plots(
         unknown=arrays.get("unknown"),
         threshold=threshold,
     ).name
-    curves = {"leave-class-out unknowns": (arrays["best"], arrays["impostor"])}
+    curves = {}
+    if np.isfinite(arrays["impostor"]).any():  # none with a single enrolled product
+        curves["leave-class-out unknowns"] = (arrays["best"], arrays["impostor"])
     if "unknown" in arrays:
         curves["real unknown products"] = (arrays["best"], arrays["unknown"])
-    written["roc"] = eval_plots.plot_roc(out_dir / "roc.png", curves, threshold=threshold).name
+    if curves:
+        written["roc"] = eval_plots.plot_roc(out_dir / "roc.png", curves, threshold=threshold).name
     tsne = eval_plots.plot_embedding_map(
         out_dir / "tsne.png", q_emb, q_lab, enroll_embeddings=e_emb, enroll_labels=e_lab
     )
@@ -336,7 +360,12 @@ def summary_markdown(report: dict[str, Any]) -> str:
         "|---|---|",
         f"| P@1 | {m['p_at_1']:.3f} |",
         f"| MAP@R | {m['map_at_r']:.3f} |",
-        f"| open-set AUROC (leave-class-out) | {m['auroc_leave_class_out']:.3f} |",
+        "| open-set AUROC (leave-class-out) | "
+        + (
+            f"{m['auroc_leave_class_out']:.3f} |"
+            if m["auroc_leave_class_out"] is not None
+            else "n/a (needs 2+ enrolled products) |"
+        ),
     ]
     if "auroc_unknown" in m:
         lines.append(f"| open-set AUROC (real unknowns) | {m['auroc_unknown']:.3f} |")

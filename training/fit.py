@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import csv
 import logging
+import shutil
 import sys
 import tempfile
 import time
@@ -32,6 +33,8 @@ from .run import (
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     SAMPLES_FILE,
+    replace_folder,
+    staging_dir,
     write_run_config,
 )
 
@@ -70,16 +73,55 @@ def fit(
     overwrite: bool = False,
 ) -> FitResult:
     """Train an extractor on DATA_DIR and write RUN_DIR. Every check of the input (folders,
-    classes, counts, unreadable files, model settings) happens before the model is built."""
+    classes, counts, unreadable files, model settings) happens before the model is built.
+
+    The run is written into a staging folder beside RUN_DIR and moved into place at the end, so
+    an interrupted or failed fit leaves nothing half-written, and an old run it would replace
+    (--overwrite) stays whole until the new one is complete."""
     t_start = time.monotonic()
     out = Path(out_dir)
-    if (out / CONFIG_FILE).exists() and not overwrite:
-        raise ValueError(
-            f"{out} already holds a training run: choose another --out or pass --overwrite"
-        )
+    _check_out(out, Path(data_dir), overwrite)
+    staging = staging_dir(out)
+    try:
+        result = _fit(data_dir, out, staging, config, progress, t_start)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    if result.run_dir != staging:  # a worker that does not write (multi-worker training)
+        shutil.rmtree(staging, ignore_errors=True)
+        return result
+    replace_folder(staging, out)
+    log.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
+    result.run_dir = out
+    return result
+
+
+def _check_out(out: Path, data_dir: Path, overwrite: bool) -> None:
     if out.exists() and not out.is_dir():
         raise ValueError(f"--out {out} is a file, not a folder")
+    if (out / CONFIG_FILE).exists():
+        if not overwrite:
+            raise ValueError(
+                f"{out} already holds a training run: choose another --out or pass --overwrite"
+            )
+    elif out.is_dir() and any(out.iterdir()):
+        # --overwrite replaces a run, never a folder of something else.
+        raise ValueError(f"--out {out} holds files but no training run: give another --out")
+    if out.resolve().is_relative_to(data_dir.resolve()):
+        raise ValueError(
+            f"--out {out} is inside the data folder {data_dir}: the next fit would take it for a "
+            "class; write the run elsewhere"
+        )
 
+
+def _fit(
+    data_dir: str | Path,
+    out: Path,
+    staging: Path,
+    config: FitConfig,
+    progress: bool,
+    t_start: float,
+) -> FitResult:
     dataset = scan_dataset(data_dir, config.classes, val_split=config.val_split, seed=config.seed)
     n_cls = len(dataset.classes)
     log.info(
@@ -139,7 +181,7 @@ def fit(
         model = build_training_model(extractor, config.head, n_cls)
 
     writes = is_chief()
-    run_dir = out if writes else Path(tempfile.mkdtemp(prefix="prodrec-worker-"))
+    run_dir = staging if writes else Path(tempfile.mkdtemp(prefix="prodrec-worker-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     keeper = _BestWeights(monitor)  # one across stages: the best epoch of the whole run wins
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
@@ -245,7 +287,6 @@ def fit(
         title=f"{config.head}, MobileNetV2 {config.alpha} / {size} px",
     )
     write_run_config(run_dir, run_cfg)
-    log.info("wrote %s in %.0f s", run_dir, time.monotonic() - t_start)
     return FitResult(run_dir, run_cfg, history, best_epoch, best, monitor, extractor)
 
 

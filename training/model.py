@@ -129,7 +129,12 @@ def build_extractor(
             raise ValueError(
                 f"could not load MobileNetV2 ImageNet weights (alpha {alpha}, {input_size} px): {exc}. "
                 "Without internet, point KERAS_HOME at a Keras cache holding them "
-                "(e.g. KERAS_HOME=/work/shared/keras), or use --weights none"
+                "(KERAS_HOME=DIR with models/mobilenet_v2_weights_*.h5 in it), or use --weights none"
+            ) from exc
+        if weights is not None:  # a weights file that Keras cannot read
+            raise ValueError(
+                f"cannot load --weights {weights} ({exc}): give a MobileNetV2 .h5 weights file "
+                "for this alpha, a RUN_DIR / extractor.keras, imagenet or none"
             ) from exc
         raise
     pretrained = is_pretrained(weights)

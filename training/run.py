@@ -4,7 +4,9 @@ from __future__ import annotations
 
 import json
 import os
+import shutil
 import tempfile
+import time
 from pathlib import Path
 from typing import Any
 
@@ -59,3 +61,31 @@ def write_run_config(run_dir: str | Path, cfg: dict[str, Any]) -> Path:
         Path(tmp).unlink(missing_ok=True)
         raise
     return path
+
+
+def staging_dir(out: Path) -> Path:
+    """A new hidden folder beside `out` to write a run into; ValueError when that is impossible
+    (checked before any slow work)."""
+    try:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write the run into {out.parent} ({exc.strerror or exc}): give an --out in a "
+            "folder you can write"
+        ) from exc
+
+
+def replace_folder(staging: Path, out: Path) -> None:
+    """Put `staging` at `out`; an old `out` is deleted only once the new one is in place."""
+    old = out.with_name(f".{out.name}.old-{int(time.time())}") if out.exists() else None
+    if old is not None:
+        out.rename(old)
+    try:
+        staging.rename(out)
+    except OSError:
+        if old is not None:
+            old.rename(out)
+        raise
+    if old is not None:
+        shutil.rmtree(old, ignore_errors=True)

@@ -157,6 +157,18 @@ def test_cli_writes_bundle_and_refuses_overwrite(
     assert main([*argv, "--overwrite"]) == 0
     assert [p.name for p in tmp_path.iterdir()] == ["b"]
 
+    # --overwrite replaces a bundle only: never the run itself, a photo folder or other files.
+    keep = tmp_path / "notes"
+    keep.mkdir()
+    (keep / "todo.txt").write_text("keep me")
+    out_at = argv.index("--out") + 1
+    for target in (keep, micro_run_dir):
+        argv[out_at] = str(target)
+        assert main([*argv, "--overwrite"]) == 2
+        assert "not a model bundle" in capsys.readouterr().err
+    assert (keep / "todo.txt").read_text() == "keep me"
+    assert (micro_run_dir / "extractor.keras").is_file()
+
 
 def test_cli_parity_failure_exit_code(
     micro_run_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
@@ -187,6 +199,7 @@ def test_cli_parity_failure_exit_code(
         (["--calibration", "{missing}"], "not a folder of images"),
         (["--calibration", "{empty}"], "holds no images"),
         (["--calibration", "{train}", "--enroll", "{train}"], "--enroll and --query go together"),
+        (["--calibration", "{train}", "--latency-runs", "0"], "--latency-runs must be 1 or more"),
     ],
 )
 def test_cli_bad_input(
@@ -218,3 +231,18 @@ def test_extractor_without_config_needs_colour_order(
     argv = [str(lone), "--calibration", str(fixture_dir / "train"), "--out", str(tmp_path / "b")]
     assert main(argv) == 2
     assert "--color-order" in capsys.readouterr().err
+
+
+def test_a_model_whose_output_is_not_the_runs_embedding_is_refused(
+    micro_run_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    # e.g. model.keras (extractor + classification head) given instead of extractor.keras
+    run = tmp_path / "run"
+    shutil.copytree(micro_run_dir, run)
+    config = json.loads((run / "config.json").read_text())
+    config["model"]["embedding_dim"] = 999
+    (run / "config.json").write_text(json.dumps(config))
+    argv = [str(run), "--calibration", str(fixture_dir / "train"), "--out", str(tmp_path / "b")]
+    assert main([*argv, "--quant", "float32", "-q"]) == 2
+    assert "but its run's config.json says the embedding has 999" in capsys.readouterr().err
+    assert not (tmp_path / "b").exists()

@@ -171,6 +171,18 @@ def test_bad_input_errors(eval_run_dir: Path, trees: dict[str, Path], tmp_path: 
         evaluate(tmp_path, tmp_path / "r", enroll=trees["enroll_known"], query=trees["query"])
     with pytest.raises(ValueError, match="embedding size mismatch"):
         evaluate_embeddings(np.ones((2, 32)), ["a", "b"], np.ones((1, 16)), ["a"])
+    with pytest.raises(ValueError, match="both enrollment shots and queries"):
+        evaluate(eval_run_dir, tmp_path / "r", enroll=FIXTURE / "train", query=FIXTURE / "train")
+    (tmp_path / "report.txt").write_text("")
+    with pytest.raises(ValueError, match="is a file"):
+        evaluate(eval_run_dir, tmp_path / "report.txt", enroll=empty, query=trees["query"])
+
+
+def test_one_enrolled_product_has_no_leave_class_out_figures() -> None:
+    e = np.eye(3, dtype=np.float32)
+    result, _ = evaluate_embeddings(e[:1], ["a"], e[:2], ["a", "a"], threshold=0.5)
+    assert result["auroc_leave_class_out"] is None  # no other product to be taken for
+    assert result["at_threshold"]["false_accept_leave_class_out"] is None
 
 
 def test_tflite_bundle_runs_through_device_matcher(

@@ -195,3 +195,35 @@ def test_a_random_backbone_is_unfrozen_whole_unless_told_otherwise() -> None:
     assert unfreeze("--weights", "none") == (1.0,)
     assert unfreeze("--weights", "none", "--unfreeze", "0.5") == (0.5,)
     assert unfreeze("--unfreeze", "none") == ()
+
+
+def test_fit_writes_its_run_whole_or_not_at_all(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import training.fit as fit_module
+    from training.config import FitConfig
+
+    cfg = FitConfig(weights=None, alpha=0.35, input_size=96)
+    old = tmp_path / "run"
+    old.mkdir()
+    (old / "config.json").write_text("{}")  # an existing run, to be replaced with --overwrite
+
+    def interrupted(data_dir, out, staging, *args):  # the training, stopped part way
+        (staging / "extractor.keras").write_bytes(b"half")
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(fit_module, "_fit", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
+    assert sorted(p.name for p in old.iterdir()) == ["config.json"]  # the old run untouched
+    # --overwrite replaces runs only; and never inside the data folder.
+    notes = tmp_path / "notes"
+    notes.mkdir()
+    (notes / "todo.txt").write_text("keep")
+    with pytest.raises(ValueError, match="holds files but no training run"):
+        fit_module.fit(FIXTURE / "train", notes, cfg, overwrite=True)
+    data = tmp_path / "data"
+    shutil.copytree(FIXTURE / "train", data)
+    with pytest.raises(ValueError, match="inside the data folder"):
+        fit_module.fit(data, data / "run1", cfg)
