@@ -11,6 +11,7 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
+import os
 import shutil
 import tempfile
 import time
@@ -149,6 +150,9 @@ def convert_run(
         log.warning("the Keras extractor's outputs are not unit vectors (norms %s)", norms[:3])
 
     staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
+    umask = os.umask(0)  # mkdtemp makes it private (0700): a bundle gets the usual mode
+    os.umask(umask)
+    staging.chmod(0o777 & ~umask)
     try:
         with tempfile.TemporaryDirectory(prefix="convert-savedmodel-") as tmp:
             from .export import export_saved_model

@@ -311,17 +311,25 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
                     say=say,
                 )
                 return EXIT_OK
-            guided_enroll(
-                args.name,
-                source=source,
-                embedder=embedder,
-                gallery=gallery,
-                config=cfg,
-                code=args.code,
-                append=args.append,
-                ask=ask,
-                say=say,
-            )
+            before = _views_of(gallery, args.name)
+            try:
+                guided_enroll(
+                    args.name,
+                    source=source,
+                    embedder=embedder,
+                    gallery=gallery,
+                    config=cfg,
+                    code=args.code,
+                    append=args.append,
+                    ask=ask,
+                    say=say,
+                )
+            except KeyboardInterrupt:
+                # The signal may land just after the product's transaction committed.
+                if _views_of(gallery, args.name) > before:
+                    say(f"\nEnrollment interrupted after {args.name.strip()!r} was stored whole.")
+                    return EXIT_INTERRUPTED
+                raise
             return EXIT_OK
     except EnrollAborted as exc:
         say(f"Enrollment stopped ({exc}): nothing was stored.")
@@ -334,6 +342,11 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, old)
+
+
+def _views_of(gallery: Any, name: str) -> int:
+    product = gallery.product(name)
+    return 0 if product is None else int(product.n_views)
 
 
 def _require_database(cfg: Config) -> None:

@@ -242,7 +242,7 @@ def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path
         raise ValueError(f"{folder} is not a folder of product photos")
     direct = list_images(folder)
     if direct:
-        return [(name or folder.name, direct)]
+        return [(name or folder.resolve().name, direct)]
     subs = [(sub.name, list_images(sub)) for sub in sorted(folder.iterdir()) if sub.is_dir()]
     subs = [(n, paths) for n, paths in subs if paths]
     if not subs:
@@ -252,6 +252,14 @@ def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path
             f"{folder} holds one sub-folder per product ({len(subs)}); they are named after the "
             "sub-folders, so leave out the product name"
         )
+    seen: dict[str, str] = {}
+    for sub_name, _ in subs:
+        other = seen.setdefault(product_name(sub_name), sub_name)
+        if other != sub_name:  # checked before any photo is embedded
+            raise ValueError(
+                f"the sub-folders {other!r} and {sub_name!r} of {folder} name the same product "
+                "(names are stored trimmed and Unicode-normalised): merge or rename them"
+            )
     return subs
 
 
@@ -387,7 +395,8 @@ def _photo_views(
     for line in skipped:
         logger.warning("skipped %s", line)
     if not views:
-        if stored is not None and all("already stored" in line for line in skipped):
-            raise NothingNewError(f"{product}: all its photos are already stored")
+        if stored is not None and any("already stored" in line for line in skipped):
+            # Re-running an --append enrollment: what could be added was added before.
+            raise NothingNewError(f"{product}: all its usable photos are already stored")
         raise ValueError(f"{product}: none of its {len(paths)} photos could be used")
     return views, skipped

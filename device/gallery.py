@@ -40,7 +40,7 @@ from .errors import GalleryError
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 3
+SCHEMA_VERSION = 4
 MAX_EVENTS = 100_000  # the events table is trimmed to the most recent rows
 TABLES = ("products", "views", "events", "meta")  # the tables of the current schema
 
@@ -194,8 +194,30 @@ def _v2_to_v3(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v3_to_v4(conn: sqlite3.Connection) -> None:
+    # Product names as `product_name` makes them (trimmed, Unicode NFC), so that names stored
+    # before (e.g. decomposed, from a folder copied off a Mac) are found by the same spelling.
+    taken = {r[0] for r in conn.execute("SELECT name FROM products")}
+    for pid, name in conn.execute("SELECT id, name FROM products ORDER BY id").fetchall():
+        new = product_name(name)
+        if new == name:
+            continue
+        base, n = new, 2
+        while new in taken:  # two spellings of one name: keep both, told apart
+            new, n = f"{base} ({n})", n + 1
+        logger.warning("product name %r stored as %r", name, new)
+        conn.execute("UPDATE products SET name = ? WHERE id = ?", (new, pid))
+        taken.discard(name)
+        taken.add(new)
+
+
 # _MIGRATIONS[i] migrates a database at user_version i to i + 1 (inside one transaction).
-_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [_v0_to_v1, _v1_to_v2, _v2_to_v3]
+_MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
+    _v0_to_v1,
+    _v1_to_v2,
+    _v2_to_v3,
+    _v3_to_v4,
+]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
 
@@ -321,6 +343,17 @@ class Gallery(Closing):
             conn.close()
 
     @contextmanager
+    def snapshot(self) -> Iterator[None]:
+        """Reads inside see one state of the database (a WAL read transaction), whatever other
+        processes write meanwhile."""
+        conn = self.conn
+        conn.execute("BEGIN")
+        try:
+            yield
+        finally:
+            self._rollback(conn)
+
+    @contextmanager
     def transaction(self, doing: str = "writing to it") -> Iterator[sqlite3.Connection]:
         """BEGIN IMMEDIATE ... COMMIT; rolled back on any exception (including KeyboardInterrupt).
 
@@ -398,7 +431,9 @@ class Gallery(Closing):
                 f"{self.path} has schema version {version}, newer than this software "
                 f"({SCHEMA_VERSION}): update prodrec on this device"
             )
-        missing = [t for t in TABLES if t not in names] if version == SCHEMA_VERSION else []
+        # Every schema since 1 has all four tables: a file lacking one is damaged (or another
+        # program's) and is not migrated.
+        missing = [t for t in TABLES if t not in names]
         if missing:
             raise GalleryError(self._corrupt(f"the tables {', '.join(missing)} are missing"))
 
@@ -603,9 +638,11 @@ class Gallery(Closing):
                     continue  # deleted meanwhile
                 image = decode_crop_or_none(row[0])
                 if image is None:
+                    # Kept, not deleted: it still matches under its own model (a rollback with
+                    # deploy-model.sh), and a failure to decode may be passing (memory).
                     logger.warning(
-                        "product %r: the stored crop of view %d is not a readable JPEG, so the "
-                        "view cannot be re-embedded for the new model; deleting that view",
+                        "product %r: the stored crop of view %d cannot be decoded, so the view "
+                        "cannot be re-embedded for the new model; it is kept for its old model",
                         name,
                         view_id,
                     )
@@ -629,23 +666,22 @@ class Gallery(Closing):
                 "UPDATE views SET embedding = ?, dim = ?, model_id = ? WHERE id = ? AND model_id = ?",
                 updates,
             )
-            c.executemany(
-                "DELETE FROM views WHERE id = ? AND model_id = ?",
-                [(view_id, old_model) for view_id, old_model, _, _ in unreadable],
-            )
             emptied = sorted(
                 {
                     name
                     for _, _, pid, name in unreadable
-                    if c.execute("SELECT 1 FROM views WHERE product_id = ?", (pid,)).fetchone()
+                    if c.execute(
+                        "SELECT 1 FROM views WHERE product_id = ? AND model_id = ?",
+                        (pid, model_id),
+                    ).fetchone()
                     is None
                 }
             )
             self._bump(c)
         for name in emptied:
             logger.warning(
-                "product %r has no views left and cannot be recognised: enroll it again with "
-                "--append (`python -m device enroll %s --append`) or delete it",
+                "product %r has no views for this model and cannot be recognised: enroll it "
+                "again with --append (`python -m device enroll %s --append`) or delete it",
                 name,
                 json.dumps(name),
             )

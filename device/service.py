@@ -250,6 +250,12 @@ class Service:
         finally:
             try:
                 self._flush_events_or_warn()
+                if self._unlogged:  # stopping while the database still refuses them
+                    logger.error(
+                        "%d event row(s) not written to the database (they are in the printed "
+                        "JSON lines)",
+                        len(self._unlogged),
+                    )
             finally:
                 if source is not None:
                     source.close()
@@ -296,7 +302,15 @@ class Service:
                     exc,
                 )
                 self._events_failing = True
-            del self._unlogged[:-MAX_PENDING_EVENTS]
+            dropped = len(self._unlogged) - MAX_PENDING_EVENTS
+            if dropped > 0:
+                logger.error(
+                    "%d event row(s) dropped (only the last %d are kept while the database "
+                    "refuses them; every event is in the printed JSON lines)",
+                    dropped,
+                    MAX_PENDING_EVENTS,
+                )
+                del self._unlogged[:dropped]
         else:
             if self._events_failing:
                 logger.warning("events are written to the product database again")

@@ -12,6 +12,8 @@ from __future__ import annotations
 import io
 import json
 import logging
+import os
+import tempfile
 import zipfile
 import zlib
 from contextlib import suppress
@@ -58,10 +60,14 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
             f"cannot write {path}: the folder {path.parent} does not exist; create it or give "
             "another path"
         )
-    tmp = path.with_name(path.name + ".tmp")
     try:
+        # A fresh name: never a file of the user's (or the database) that happens to be there.
+        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+        os.close(fd)
+        tmp = Path(tmp_name)
         try:
             n = _write_export(gallery, tmp)
+            tmp.chmod(0o644)
             tmp.replace(path)
         except BaseException:
             with suppress(OSError):
@@ -76,7 +82,7 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
 
 
 def _write_export(gallery: Gallery, tmp: Path) -> int:
-    with gallery._failures("reading the products to export"):
+    with gallery._failures("reading the products to export"), gallery.snapshot():
         conn = gallery.conn
         products = conn.execute(
             "SELECT id, name, code, created FROM products ORDER BY id"
@@ -91,6 +97,15 @@ def _write_export(gallery: Gallery, tmp: Path) -> int:
                     "ORDER BY id",
                     (pid,),
                 ):
+                    if decode_crop_or_none(crop) is None:
+                        # It could never be re-embedded, and would make the file unimportable.
+                        logger.warning(
+                            "product %r: view %d left out of the export (its crop cannot be "
+                            "decoded)",
+                            name,
+                            vid,
+                        )
+                        continue
                     arc = f"crops/{vid:08d}.jpg"
                     zf.writestr(arc, crop)
                     views.append({"crop": arc, "model_id": model_id, "row": len(embs)})

@@ -36,7 +36,10 @@ CODE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # here, rather than let the service fail on its next start.
 PYTHONPATH="$CODE" "${PYTHON:-python3}" - "$BUNDLE" "$ROOT/etc/$NAME/config.toml" <<'EOF' || die "not deploying $BUNDLE"
 import sys
-import tomllib
+try:
+    import tomllib
+except ImportError:  # Python 3.10
+    import tomli as tomllib
 from device.bundle import read_bundle_meta
 from device.errors import BundleError
 try:
@@ -47,8 +50,10 @@ if meta.threshold is None:
     try:
         with open(sys.argv[2], "rb") as fh:
             configured = tomllib.load(fh).get("matcher", {}).get("threshold")
-    except (OSError, tomllib.TOMLDecodeError):
+    except FileNotFoundError:
         configured = None
+    except (OSError, tomllib.TOMLDecodeError) as exc:
+        sys.exit(f"deploy-model.sh: cannot read {sys.argv[2]} ({exc}): fix it first")
     if configured is None:
         sys.exit(
             f"deploy-model.sh: {sys.argv[1]} has no calibrated threshold (model.json threshold "

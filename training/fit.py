@@ -30,6 +30,7 @@ from .run import (
     EXTRACTOR_FILE,
     HISTORY_FILE,
     MODEL_FILE,
+    RUN_FILES,
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     SAMPLES_FILE,
@@ -84,13 +85,13 @@ def fit(
     staging = staging_dir(out)
     try:
         result = _fit(data_dir, out, staging, config, progress, t_start)
+        if result.run_dir != staging:  # a worker that does not write (multi-worker training)
+            shutil.rmtree(staging, ignore_errors=True)
+            return result
+        replace_folder(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    if result.run_dir != staging:  # a worker that does not write (multi-worker training)
-        shutil.rmtree(staging, ignore_errors=True)
-        return result
-    replace_folder(staging, out)
     log.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
     result.run_dir = out
     return result
@@ -104,9 +105,19 @@ def _check_out(out: Path, data_dir: Path, overwrite: bool) -> None:
             raise ValueError(
                 f"{out} already holds a training run: choose another --out or pass --overwrite"
             )
+        # --overwrite replaces the run's own files; anything else kept there (a bundle, reports,
+        # photos) would go with the folder.
+        others = sorted(p.name for p in out.iterdir() if p.name not in RUN_FILES)
+        if others:
+            raise ValueError(
+                f"--out {out} holds more than a training run ({', '.join(others[:5])}): move "
+                "those elsewhere first, or choose another --out"
+            )
     elif out.is_dir() and any(out.iterdir()):
         # --overwrite replaces a run, never a folder of something else.
         raise ValueError(f"--out {out} holds files but no training run: give another --out")
+    if data_dir.resolve().is_relative_to(out.resolve()):
+        raise ValueError(f"the data folder {data_dir} is inside --out {out}: choose another --out")
     if out.resolve().is_relative_to(data_dir.resolve()):
         raise ValueError(
             f"--out {out} is inside the data folder {data_dir}: the next fit would take it for a "

@@ -16,6 +16,10 @@ MODEL_FILE = "model.keras"
 HISTORY_FILE = "history.csv"
 CURVES_FILE = "curves.png"
 SAMPLES_FILE = "augmentation.png"
+# Everything `fit` writes into a RUN_DIR: what --overwrite may replace.
+RUN_FILES = frozenset(
+    {CONFIG_FILE, EXTRACTOR_FILE, MODEL_FILE, HISTORY_FILE, CURVES_FILE, SAMPLES_FILE}
+)
 RUN_FORMAT = "prodrec-run"
 RUN_FORMAT_VERSION = 1
 
@@ -68,7 +72,12 @@ def staging_dir(out: Path) -> Path:
     (checked before any slow work)."""
     try:
         out.parent.mkdir(parents=True, exist_ok=True)
-        return Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
+        # mkdtemp makes it private (0700); a run folder gets the usual mode for the umask.
+        umask = os.umask(0)
+        os.umask(umask)
+        staging.chmod(0o777 & ~umask)
+        return staging
     except OSError as exc:
         raise ValueError(
             f"cannot write the run into {out.parent} ({exc.strerror or exc}): give an --out in a "

@@ -272,3 +272,29 @@ def test_append_from_the_same_photos_adds_no_duplicate_views(tmp_path: Path) -> 
         assert result.views == 1 and len(result.skipped) == 2
         assert g.product(PRODUCTS[0]).n_views == 3
     assert f"Stored {PRODUCTS[0]!r} with 1 views (3 in all) (2 skipped)" in said
+
+
+def test_rerunning_an_append_with_an_unreadable_photo_is_nothing_new(tmp_path: Path) -> None:
+    cfg = make_config(tmp_path)
+    tree = _tree(tmp_path / "photos", PRODUCTS[:2], n=2)
+    (tree / PRODUCTS[0] / "broken.jpg").write_bytes(b"not a jpeg")
+    said: list[str] = []
+    kw = {"embedder": FakeEmbedder(), "config": cfg, "say": said.append, "append": True}
+    with Gallery(cfg.gallery.path) as g:
+        enroll_from_images(tree, gallery=g, **kw)
+        assert enroll_from_images(tree, gallery=g, **kw) == []  # the same command again
+        assert [(p.name, p.n_views) for p in g.products()] == [(n, 2) for n in PRODUCTS[:2]]
+
+
+def test_folders_naming_one_product_twice_are_refused_before_any_work(tmp_path: Path) -> None:
+    import unicodedata
+
+    from device.enroll import product_folders
+
+    root = _tree(tmp_path / "photos", ("Banana",), n=1)
+    shutil.copytree(root / "Banana", root / "Banana ")  # a trailing space: the same product
+    with pytest.raises(ValueError, match="name the same product"):
+        product_folders(root, None)
+    one = tmp_path / unicodedata.normalize("NFD", "mjölk")
+    shutil.copytree(root / "Banana", one)
+    assert product_folders(one / ".", None)[0][0] == one.name  # "." names the folder itself

@@ -12,6 +12,7 @@ import sqlite3
 import subprocess
 import sys
 import threading
+import unicodedata
 import zipfile
 from collections.abc import Callable
 from pathlib import Path
@@ -344,6 +345,19 @@ def _tables(path: Path) -> tuple[list[str], str]:
         conn.close()
 
 
+def test_a_damaged_or_foreign_file_of_an_older_version_is_not_migrated(tmp_path: Path) -> None:
+    db = tmp_path / "v1-like.db"
+    conn = sqlite3.connect(db)
+    conn.execute("CREATE TABLE events(ts TEXT, label TEXT, status TEXT)")
+    conn.execute("CREATE TABLE meta(key TEXT, value TEXT)")
+    conn.execute("PRAGMA user_version = 1")
+    conn.commit()
+    conn.close()
+    with pytest.raises(GalleryError, match="products, views are missing"):
+        Gallery(db)
+    assert _tables(db) == (["events", "meta"], "delete")  # not converted, nothing added
+
+
 def test_another_applications_database_is_refused_unchanged(tmp_path: Path) -> None:
     for version in (3, 0):
         other = tmp_path / f"other{version}.db"
@@ -393,14 +407,15 @@ def test_unreadable_crop_during_reembedding(
     with Gallery(cfg.gallery.path) as g, caplog.at_level(logging.WARNING, "device.gallery"):
         recognizer = Recognizer(new, g, cfg)  # what `run` does at start: re-embeds, then loads
         assert recognizer.matcher.products == ["P1", "P3"] and recognizer.matcher.n_views == 2
-        assert [(p.name, p.n_views) for p in g.products()] == [("P1", 1), ("P2", 0), ("P3", 1)]
-        assert g.stale_views(new.model_id) == 0  # not tried again on every reload
+        # The undecodable views are kept for their old model (a rollback still matches them).
+        assert [(p.name, p.n_views) for p in g.products()] == [("P1", 2), ("P2", 1), ("P3", 1)]
+        assert g.stale_views(new.model_id) == 2 and len(g.load(old.model_id)[1]) == 2
         text = caplog.text
-        assert f"'P1': the stored crop of view {bad['P1']} is not a readable JPEG" in text
+        assert f"'P1': the stored crop of view {bad['P1']} cannot be decoded" in text
         assert f"'P2': the stored crop of view {bad['P2']}" in text
-        assert "'P2' has no views left" in text and "enroll it again" in text
+        assert "'P2' has no views for this model" in text and "enroll it again" in text
         assert "'P1' has no views" not in text
-        # A product without views exports and imports as it is.
+        # The export leaves the undecodable views out; P2 travels without views.
         assert export_gallery(g, tmp_path / "set.zip") == 3
     with Gallery(tmp_path / "copy.db") as dst:
         assert import_gallery(dst, tmp_path / "set.zip", new).added == ["P1", "P2", "P3"]
@@ -533,6 +548,8 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
     _v0_to_v1(conn)
     conn.execute("PRAGMA user_version = 1")
     conn.execute("INSERT INTO products(name, code, created) VALUES ('Old', NULL, 'then')")
+    for name in (unicodedata.normalize("NFD", " mjölk"), "mjölk"):  # one name, two spellings
+        conn.execute("INSERT INTO products(name, created) VALUES (?, 'then')", (name,))
     conn.execute(
         "INSERT INTO views(product_id, embedding, dim, model_id, crop, created) "
         "VALUES (1, ?, 2, 'm', ?, 'then')",
@@ -545,8 +562,10 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
     conn.execute("COMMIT")
     conn.close()
     with Gallery(db) as g:
-        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 3
-        assert [p.name for p in g.products()] == ["Old"]
+        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        # names normalised (schema 4): the decomposed one is found by its usual spelling
+        assert [p.name for p in g.products()] == ["Old", "mjölk", "mjölk (2)"]
+        assert g.product("mjölk") is not None
         emb, labels = g.load("m")
         assert labels == ["Old"] and np.allclose(emb, [[0.6, 0.8]])
         g.log_event({"time": "now", "label": "Old", "status": "known", "score": 0.8,
@@ -557,3 +576,14 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
         "then", "Old", [1, 2, 3, 4], "Old", None
     )  # fmt: skip
     assert (new["best"], new["crop_box"], new["frame"]) == ("Old", [4, 5, 9, 9], 12)
+
+
+def test_export_never_touches_a_file_beside_it(tmp_path: Path, photos, cfg: Config) -> None:
+    emb = FakeEmbedder()
+    with Gallery(cfg.gallery.path) as g:
+        add(g, "P1", [photos[0][1]], emb)
+        neighbour = tmp_path / "set.zip.tmp"
+        neighbour.write_bytes(b"the user's")
+        assert export_gallery(g, tmp_path / "set.zip") == 1
+    assert neighbour.read_bytes() == b"the user's"
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".set.zip")]

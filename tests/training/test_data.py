@@ -217,6 +217,21 @@ def test_fit_writes_its_run_whole_or_not_at_all(
         fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # no staging folder left
     assert sorted(p.name for p in old.iterdir()) == ["config.json"]  # the old run untouched
+    # A run folder that also holds other things (a bundle converted into it) is not replaced.
+    (old / "bundle").mkdir()
+    with pytest.raises(ValueError, match=r"holds more than a training run \(bundle\)"):
+        fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
+    (old / "bundle").rmdir()
+
+    def finished(data_dir, out, staging, *args):  # a complete run that cannot be put in place
+        (staging / "config.json").write_text("{}")
+        return fit_module.FitResult(staging, {}, [], None, None, "val_loss", None)
+
+    monkeypatch.setattr(fit_module, "_fit", finished)
+    monkeypatch.setattr(fit_module, "replace_folder", lambda *a: (_ for _ in ()).throw(OSError()))
+    with pytest.raises(OSError):
+        fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # still no staging left
     # --overwrite replaces runs only; and never inside the data folder.
     notes = tmp_path / "notes"
     notes.mkdir()
