@@ -31,6 +31,7 @@ logger = logging.getLogger(__name__)
 STREAM_TIMEOUT_S = 5.0
 
 PICAMERA2_SPECS = ("picamera2", "picam", "picamera")
+PICAMERA_TIMEOUT_S = 2.0  # a frame comes every 1/fps s; this long without one is a fault
 
 
 class CameraLibraryMissingError(CameraError):
@@ -292,10 +293,28 @@ class Picamera2Source(_SourceBase):
         if self._closed:
             raise CameraError("the Raspberry Pi camera is closed")
         try:
-            frame = self._cam.capture_array("main")
+            frame = self._capture()
+        except TimeoutError as exc:
+            raise CameraError(
+                f"no frame from the Raspberry Pi camera in {PICAMERA_TIMEOUT_S:.0f} s: check its "
+                "ribbon cable and power"
+            ) from exc
         except Exception as exc:
             raise CameraError(f"the Raspberry Pi camera failed: {exc}") from exc
         return np.ascontiguousarray(_as_bgr(frame))
+
+    def _capture(self) -> np.ndarray:
+        # picamera2's blocking capture never times out: a stalled sensor would hang the service
+        # until the watchdog kills it. Ask for the frame as a job and wait for it with a timeout
+        # (TimeoutError), where this picamera2 can.
+        cam = self._cam
+        if not hasattr(cam, "wait"):
+            return cam.capture_array("main")
+        job = cam.capture_array("main", wait=False)
+        try:
+            return cam.wait(job, timeout=PICAMERA_TIMEOUT_S)
+        except TypeError:  # an older picamera2 without the timeout
+            return cam.wait(job)
 
     def close(self) -> None:
         if not self._closed:

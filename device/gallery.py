@@ -604,11 +604,13 @@ class Gallery(Closing):
     ) -> int:
         """Re-embed every view not made by `embedder`'s model from its stored crop; the count.
 
-        The embeddings are computed first, then written in one short transaction (so another
-        process can still enroll meanwhile); a view changed in between is left for the next call.
-        A view whose crop is unreadable is deleted (a WARNING names it): its embedding belongs to
-        the old model, so it could never match again, and one bad crop must not stop the app. A
-        product left without views is kept, with a WARNING that it must be enrolled again."""
+        Each batch is embedded, then written in its own short transaction: another process can
+        still enroll meanwhile, and work done before an interruption (a stop, a start timeout)
+        is kept, so the next call carries on. A view changed in between is left for the next
+        call. `progress(done, total)` is called after each batch (the service uses it to keep
+        systemd's start timeout and watchdog satisfied). A view whose crop cannot be decoded is
+        kept for its old model (a WARNING names it), and a product left without views of the new
+        model is named in a WARNING too."""
         model_id = embedder.model_id
         with self._failures("re-embedding the views for the new model"):
             todo = self.conn.execute(
@@ -623,7 +625,7 @@ class Gallery(Closing):
             model_id[:12],
             len(todo),
         )
-        updates: list[tuple[bytes, int, str, int, str]] = []
+        done_views = 0
         unreadable: list[tuple[int, str, int, str]] = []  # view id, its model, product id, name
         last_log = time.monotonic()
         for start in range(0, len(todo), batch):
@@ -651,33 +653,36 @@ class Gallery(Closing):
                 keep.append((image, view_id, old_model))
             if keep:
                 embs = np.asarray(embedder.embed_many([c for c, _, _ in keep]), dtype=np.float32)
-                for emb, (_, view_id, old_model) in zip(embs, keep, strict=True):
-                    updates.append(
-                        (embedding_blob(emb), int(emb.size), model_id, view_id, old_model)
+                updates = [
+                    (embedding_blob(emb), int(emb.size), model_id, view_id, old_model)
+                    for emb, (_, view_id, old_model) in zip(embs, keep, strict=True)
+                ]
+                with self.transaction("re-embedding the views for the new model") as c:
+                    c.executemany(
+                        "UPDATE views SET embedding = ?, dim = ?, model_id = ? "
+                        "WHERE id = ? AND model_id = ?",
+                        updates,
                     )
+                    self._bump(c)
+                done_views += len(updates)
             done = min(start + batch, len(todo))
             if progress is not None:
                 progress(done, len(todo))
             if time.monotonic() - last_log > 2.0 or done == len(todo):
                 logger.info("re-embedded %d/%d views", done, len(todo))
                 last_log = time.monotonic()
-        with self.transaction("re-embedding the views for the new model") as c:
-            c.executemany(
-                "UPDATE views SET embedding = ?, dim = ?, model_id = ? WHERE id = ? AND model_id = ?",
-                updates,
-            )
+        with self._failures("checking the re-embedded products"):
             emptied = sorted(
                 {
                     name
                     for _, _, pid, name in unreadable
-                    if c.execute(
+                    if self.conn.execute(
                         "SELECT 1 FROM views WHERE product_id = ? AND model_id = ?",
                         (pid, model_id),
                     ).fetchone()
                     is None
                 }
             )
-            self._bump(c)
         for name in emptied:
             logger.warning(
                 "product %r has no views for this model and cannot be recognised: enroll it "
@@ -685,7 +690,7 @@ class Gallery(Closing):
                 name,
                 json.dumps(name),
             )
-        return len(updates)
+        return done_views
 
     # --- change detection ----------------------------------------------------------------------
 

@@ -55,8 +55,9 @@ def install_hint() -> str:
     machine = platform.machine() or "this machine"
     hint = (
         f"no TFLite runtime is installed for Python {py} on {machine}: run "
-        "`pip install ai-edge-litert` (LiteRT, the supported runtime; on a Raspberry Pi install it "
-        "inside the app's venv)"
+        "`pip install ai-edge-litert` (LiteRT, the supported runtime; on a Raspberry Pi run "
+        "systemd/install.sh again instead: it pins the runtime to apt's numpy, which picamera2 "
+        "needs)"
     )
     if sys.version_info < (3, 12):
         hint += "; `pip install tflite-runtime` (needs numpy<2) also works on this Python"

@@ -36,6 +36,8 @@ from .placement import Action, PlacementTracker
 
 logger = logging.getLogger(__name__)
 
+# systemd start-up time asked for before each batch of re-embedding (a batch takes seconds).
+REEMBED_GRACE_S = 60.0
 MAX_PENDING_EVENTS = 1000  # event rows kept in memory while the database refuses them
 
 
@@ -112,8 +114,8 @@ class Recognizer:
             return False
         stale = self.gallery.stale_views(self.embedder.model_id)
         if stale:
-            self.notifier.extend_timeout(30 + stale * 0.05)
-            self.gallery.reembed(self.embedder)
+            self.notifier.extend_timeout(REEMBED_GRACE_S)
+            self.gallery.reembed(self.embedder, progress=self._reembed_progress)
             self.gallery.changed()  # our own re-embedding is not news
         emb, labels = self.gallery.load(self.embedder.model_id)
         if not labels:
@@ -126,6 +128,13 @@ class Recognizer:
         )
         logger.info("%d products (%d views) loaded", len(self.matcher), self.matcher.n_views)
         return True
+
+    def _reembed_progress(self, done: int, total: int) -> None:
+        # After every batch, whatever a view costs on this board: more start-up time (at start),
+        # a watchdog ping (when the model changed under a running service) and a status line.
+        self.notifier.extend_timeout(REEMBED_GRACE_S)
+        self.notifier.watchdog()
+        self.notifier.status(f"re-embedding the stored views for the new model: {done}/{total}")
 
     def match(self, crop: np.ndarray) -> Match:
         emb = self.embedder.embed(crop)

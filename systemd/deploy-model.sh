@@ -61,6 +61,19 @@ if meta.threshold is None:
             "(python -m training calibrate RUN_DIR) and convert it again, or set the threshold "
             "in the config first"
         )
+else:
+    try:
+        with open(sys.argv[2], "rb") as fh:
+            configured = tomllib.load(fh).get("matcher", {}).get("threshold")
+    except (OSError, tomllib.TOMLDecodeError):
+        configured = None
+    if configured is not None:
+        print(
+            f"deploy-model.sh: warning: {sys.argv[2]} sets [matcher] threshold = {configured}, "
+            f"which overrides this bundle's calibrated {meta.threshold:.4f}; remove it from the "
+            "config unless it was chosen for this model",
+            file=sys.stderr,
+        )
 print(f"bundle {meta.name}: {meta.input.height}x{meta.input.width} {meta.input.dtype}, "
       f"{meta.output.embedding_dim}-d, threshold {meta.threshold}, model id {meta.model_id[:12]}")
 EOF
@@ -69,21 +82,32 @@ run() { echo "+ $*"; "$@"; }
 sys() {
   if [ -n "$ROOT" ]; then echo "+ $*    [skipped: --root]"; else echo "+ $*"; "$@"; fi
 }
-meta_file=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$BUNDLE/model.json" | head -1)
-meta_file=${meta_file:-model.tflite}
-run rm -rf "$STATE/model.new"
-run mkdir -p "$STATE/model.new"
-run cp "$BUNDLE/model.json" "$BUNDLE/$meta_file" "$STATE/model.new/"
-sys chown -R "$NAME:$NAME" "$STATE/model.new"
-[ "$RESTART" = 0 ] || sys systemctl stop "$NAME.service"
-if [ -d "$STATE/model" ]; then
-  run rm -rf "$STATE/model.previous"
-  run mv "$STATE/model" "$STATE/model.previous"
+model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
+if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ]; then
+  # The same model again (e.g. a retry): swapping would replace model.previous, the real
+  # previous model, with this one.
+  echo "this model ($(model_id "$BUNDLE" | cut -c1-12)) is already deployed; model.previous is kept"
+else
+  meta_file=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$BUNDLE/model.json" | head -1)
+  meta_file=${meta_file:-model.tflite}
+  run rm -rf "$STATE/model.new"
+  run mkdir -p "$STATE/model.new"
+  run cp "$BUNDLE/model.json" "$BUNDLE/$meta_file" "$STATE/model.new/"
+  sys chown -R "$NAME:$NAME" "$STATE/model.new"
+  [ "$RESTART" = 0 ] || sys systemctl stop "$NAME.service"
+  if [ -d "$STATE/model" ]; then
+    run rm -rf "$STATE/model.previous"
+    run mv "$STATE/model" "$STATE/model.previous"
+  fi
+  run mv "$STATE/model.new" "$STATE/model"
 fi
-run mv "$STATE/model.new" "$STATE/model"
 if [ "$RESTART" = 1 ]; then
+  # A service that hit its start limit (e.g. installed without a usable model) would refuse the
+  # start: clear that first.
+  sys systemctl reset-failed "$NAME.service"
   sys systemctl start "$NAME.service"
   echo "deployed; the service re-embeds the stored products on start: journalctl -u $NAME -f"
+  echo "if it does not start, roll back: sudo $0 $STATE/model.previous"
 else
   echo "deployed; restart the service to use it: sudo systemctl restart $NAME"
 fi

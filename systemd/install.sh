@@ -217,6 +217,7 @@ sys systemctl daemon-reload
 sys systemctl enable "$NAME.service"
 if [ "$DO_START" = 1 ]; then
   # restart, not start: an upgrade must run the new code.
+  sys systemctl reset-failed "$NAME.service"  # a start limit hit before must not block it
   sys systemctl restart "$NAME.service"
 fi
 

@@ -6,4 +6,6 @@ set -e
 if [ "$(id -u)" = 0 ]; then
   exec runuser -u prodrec -- "$0" "$@"
 fi
-PYTHONPATH=/opt/prodrec/app${PYTHONPATH:+:$PYTHONPATH} exec /opt/prodrec/venv/bin/python -m device "$@"
+# -P: not the current directory first, so `prodrec` typed inside a clone of the repository runs
+# the installed code, never the clone's (which could migrate the database under the service).
+PYTHONPATH=/opt/prodrec/app${PYTHONPATH:+:$PYTHONPATH} exec /opt/prodrec/venv/bin/python -P -m device "$@"

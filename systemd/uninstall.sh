@@ -73,6 +73,6 @@ if [ "$PURGE" = 1 ]; then
   fi
 else
   echo "== kept: $STATE (product database and model) and $ETC (configuration)"
-  echo "   reinstalling brings every product back; delete them with: $0 --purge"
+  echo "   reinstalling brings every product back; to delete them: sudo rm -rf $STATE $ETC"
 fi
 echo "== done"

@@ -284,3 +284,35 @@ def test_present_but_failing_picamera2_is_a_camera_error(monkeypatch: pytest.Mon
     with pytest.raises(CameraError, match="ribbon cable") as e:
         Picamera2Source()
     assert not isinstance(e.value, CameraLibraryMissingError)  # retried by the service
+
+
+def test_a_stalled_pi_camera_is_a_camera_error_not_a_hang(monkeypatch: pytest.MonkeyPatch) -> None:
+    from device.camera import Picamera2Source
+
+    class StalledPicamera2:  # picamera2's job API: capture_array(wait=False) + wait(job, timeout)
+        def create_video_configuration(self, **kw: object) -> dict:
+            return dict(kw)
+
+        def configure(self, cfg: dict) -> None:
+            pass
+
+        def start(self) -> None:
+            pass
+
+        def capture_array(self, name: str, wait: bool | None = None) -> object:
+            assert wait is False
+            return "job"
+
+        def wait(self, job: object, timeout: float | None = None) -> np.ndarray:
+            assert timeout is not None  # a blocking wait would hang the service
+            raise TimeoutError
+
+        def stop(self) -> None:
+            pass
+
+        def close(self) -> None:
+            pass
+
+    monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StalledPicamera2))
+    with Picamera2Source() as cam, pytest.raises(CameraError, match="ribbon cable"):
+        cam.read()

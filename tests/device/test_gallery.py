@@ -587,3 +587,41 @@ def test_export_never_touches_a_file_beside_it(tmp_path: Path, photos, cfg: Conf
         assert export_gallery(g, tmp_path / "set.zip") == 1
     assert neighbour.read_bytes() == b"the user's"
     assert not [p for p in tmp_path.iterdir() if p.name.startswith(".set.zip")]
+
+
+def test_reembedding_reports_each_batch_and_keeps_finished_batches(
+    tmp_path: Path, photos, cfg: Config
+) -> None:
+    from device.service import NullNotifier
+
+    class Recording(NullNotifier):
+        def __init__(self) -> None:
+            self.sent: list[str] = []
+
+        def extend_timeout(self, seconds: float) -> bool:
+            self.sent.append(f"extend {seconds:.0f}")
+            return True
+
+        def watchdog(self, *, force: bool = False) -> bool:
+            self.sent.append("watchdog")
+            return True
+
+    old, new = FakeEmbedder("a" * 64), FakeEmbedder("e" * 64)
+    with Gallery(cfg.gallery.path) as g:
+        for i in range(5):
+            add(g, f"P{i}", [photos[i % len(photos)][1]], old)
+        # A start cut short after the first batch: what was done is kept.
+        calls = []
+
+        def stop_after_first(done: int, total: int) -> None:
+            calls.append(done)
+            raise KeyboardInterrupt
+
+        with pytest.raises(KeyboardInterrupt):
+            g.reembed(new, batch=2, progress=stop_after_first)
+        assert calls == [2] and g.stale_views(new.model_id) == 3
+        notifier = Recording()
+        Recognizer(new, g, cfg, notifier=notifier)  # what `run` does at start
+        assert g.stale_views(new.model_id) == 0
+    # one extension before, then per batch of 32 (here one batch): time asked for as it goes
+    assert notifier.sent.count("extend 60") == 2 and "watchdog" in notifier.sent

@@ -240,6 +240,11 @@ def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path)
     assert (model / "model.tflite").read_bytes() == b"TFL3 new-model"
     assert (root / "var/lib/prodrec/model.previous/model.tflite").read_bytes() == b"TFL3 fake"
     assert (root / "var/lib/prodrec/gallery.db").read_bytes() == b"products"
+    assert "systemctl reset-failed prodrec.service" in proc.stdout  # a start limit hit before
+    # The same model again (a retry): model.previous stays the real previous model.
+    proc = run(deploy, str(new), "--root", str(root))
+    assert proc.returncode == 0 and "already deployed" in proc.stdout
+    assert (root / "var/lib/prodrec/model.previous/model.tflite").read_bytes() == b"TFL3 fake"
 
     # A .tflite that does not match its model.json is refused; nothing changes.
     broken = _real_bundle(tmp_path / "broken")
