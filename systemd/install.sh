@@ -145,6 +145,18 @@ import picamera2  # noqa: F401
 from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 print("   picamera2 and ai_edge_litert import")
 EOF
+  if [ -f "$MODEL_SRC/model.json" ]; then
+    # One real inference with the model being installed: a runtime that imports but cannot
+    # run the model (an ABI mismatch with apt's numpy) shows here, not at the first start.
+    PYTHONPATH="$SRC" "$VENV/bin/python" - "$MODEL_SRC" <<'EOF' || die "the runtime cannot run the model (see above)"
+import sys
+import numpy as np
+from device.embedder import Embedder
+with Embedder(sys.argv[1]) as emb:
+    vec = emb.embed(np.full((200, 200, 3), 128, np.uint8))
+    print(f"   one inference with {emb.meta.name}: {vec.shape[0]}-d, norm {np.linalg.norm(vec):.3f}")
+EOF
+  fi
 fi
 
 # --- 4. code -------------------------------------------------------------------------------------
