@@ -180,7 +180,8 @@ class OpenCVSource(_SourceBase):
             raise CameraError(
                 f"cannot open video source {spec!r}: check the camera is plugged in (ls /dev/video*), "
                 "not used by another program and readable by this user (the video group), or that "
-                "the file/URL is right"
+                "the file/URL is right (a network camera under the systemd service needs its "
+                "address allowed: IPAddressAllow=, see systemd/prodrec.service)"
             )
         if not self.finite:  # a file has its own size and rate
             if width and height:
