@@ -100,6 +100,7 @@ class EnrollConfig:
 @dataclass(frozen=True)
 class ServiceConfig:
     save_crops: str = ""  # folder for event crops; "" = do not save
+    save_crops_keep: int = 5000  # the newest crops kept there (older ones deleted); 0 = all
     log_level: str = "INFO"
     retry_initial_s: float = 0.5  # camera retry back-off: first wait ...
     retry_max_s: float = 30.0  # ... doubling up to this
@@ -292,6 +293,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         s.log_level.upper() in LOG_LEVELS, w, "log_level", f"one of {list(LOG_LEVELS)}", s.log_level
     )
     _check(0 < s.retry_initial_s <= 60, w, "retry_initial_s", "0 < s <= 60", s.retry_initial_s)
+    _check(s.save_crops_keep >= 0, w, "save_crops_keep", ">= 0 (0 = keep all)", s.save_crops_keep)
     _check(
         s.retry_initial_s <= s.retry_max_s <= 3600,
         w,

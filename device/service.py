@@ -297,6 +297,19 @@ class Service:
             self.gallery.log_event(self._unlogged[0])
             self._unlogged.pop(0)
 
+    def _prune_crops(self) -> None:
+        """Delete the oldest saved crops beyond [service] save_crops_keep (names start with the
+        event's UTC time, so name order is age order)."""
+        keep = self.config.service.save_crops_keep
+        if not keep or self.save_dir is None:
+            return
+        try:
+            crops = sorted(p for p in self.save_dir.glob("*.jpg") if p.is_file())
+            for old in crops[:-keep]:
+                old.unlink(missing_ok=True)
+        except OSError as exc:  # a crop folder problem must not stop recognition
+            logger.warning("could not prune the saved crops in %s: %s", self.save_dir, exc)
+
     def _flush_events_or_warn(self) -> None:
         """Write pending event rows; a database that cannot take them (disk full, file made
         read-only) must not stop recognition: the events are on stdout (the journal) anyway, and
@@ -377,6 +390,7 @@ class Service:
             path = self.save_dir / name
             if cv2.imwrite(str(path), crop):
                 event["crop_file"] = str(path)
+                self._prune_crops()
             else:
                 logger.warning("could not save the crop to %s", path)
         try:

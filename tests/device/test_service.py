@@ -257,3 +257,22 @@ def test_a_database_refusing_event_rows_does_not_stop_recognition(
         failing["on"] = False
         service._flush_events_or_warn()  # the database works again: nothing was lost
         assert [r["label"] for r in g.events(10)] == [e["label"] for e in stats.events]
+
+
+def test_saved_crops_beyond_the_limit_are_deleted_oldest_first(tmp_path: Path, photos) -> None:
+    crops = tmp_path / "crops"
+    cfg = make_config(tmp_path, service={"save_crops": str(crops), "save_crops_keep": 2})
+    crops.mkdir()
+    (crops / "20000101T000000Z_old.jpg").write_bytes(b"an old crop")
+    with Gallery(cfg.gallery.path) as g:
+        service = Service(
+            cfg,
+            source_factory=lambda: scene_source(photos[:3]),
+            embedder=FakeEmbedder(),
+            gallery=g,
+            out=io.StringIO(),
+        )
+        stats = service.run()
+    assert stats.n_events == 3
+    kept = sorted(p.name for p in crops.iterdir())
+    assert kept == sorted(Path(e["crop_file"]).name for e in list(stats.events)[-2:])
