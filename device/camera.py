@@ -296,6 +296,14 @@ class Picamera2Source(_SourceBase):
         try:
             frame = self._capture()
         except TimeoutError as exc:
+            # The capture job stays queued: flush it, or stop() (queued behind it) would wait
+            # for it forever when the source is closed for the retry.
+            flush = getattr(self._cam, "cancel_all_and_flush", None)
+            if callable(flush):
+                try:
+                    flush()
+                except Exception:  # the CameraError below is what matters
+                    logger.debug("cancel_all_and_flush failed", exc_info=True)
             raise CameraError(
                 f"no frame from the Raspberry Pi camera in {PICAMERA_TIMEOUT_S:.0f} s: check its "
                 "ribbon cable and power"

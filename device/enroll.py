@@ -308,7 +308,8 @@ def enroll_from_images(
             try:
                 views, skipped = _photo_views(product, paths, embedder, config, prior)
             except NothingNewError:
-                say(f"Nothing new for {product!r}: all its photos are already stored")
+                # Photos that could not be read were named in warnings: count them here too.
+                say(f"Nothing new for {product!r}: its usable photos are already stored")
                 unchanged.append(product)
                 continue
             views_before = _n_views(gallery, product)

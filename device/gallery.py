@@ -227,6 +227,7 @@ class Gallery(Closing):
     def __init__(
         self, path: str | Path, *, busy_timeout_s: float = 10.0, check: bool = True
     ) -> None:
+        self._undecodable: set[int] = set()  # views re-embedding could not decode
         self.path = Path(path)
         self.busy_timeout_s = busy_timeout_s
         self._conn: sqlite3.Connection | None = None
@@ -613,11 +614,14 @@ class Gallery(Closing):
         model is named in a WARNING too."""
         model_id = embedder.model_id
         with self._failures("re-embedding the views for the new model"):
-            todo = self.conn.execute(
+            rows = self.conn.execute(
                 "SELECT v.id, v.model_id, p.id, p.name FROM views v JOIN products p "
                 "ON p.id = v.product_id WHERE v.model_id != ? ORDER BY v.id",
                 (model_id,),
             ).fetchall()
+        # Views whose crop failed to decode in this process are not tried (and warned) again on
+        # every reload; a new process tries them once more.
+        todo = [r for r in rows if r[0] not in self._undecodable]
         if not todo:
             return 0
         logger.info(
@@ -649,6 +653,7 @@ class Gallery(Closing):
                         view_id,
                     )
                     unreadable.append((view_id, old_model, pid, name))
+                    self._undecodable.add(view_id)
                     continue
                 keep.append((image, view_id, old_model))
             if keep:

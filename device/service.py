@@ -38,7 +38,10 @@ logger = logging.getLogger(__name__)
 
 # systemd start-up time asked for before each batch of re-embedding (a batch takes seconds).
 REEMBED_GRACE_S = 60.0
-MAX_PENDING_EVENTS = 1000  # event rows kept in memory while the database refuses them
+MAX_PENDING_EVENTS = 1000
+_CROP_NAME = re.compile(
+    r"^\d{8}T\d{6}(\.\d+)?Z?_\d{7}_.*\.jpg$"
+)  # event rows kept in memory while the database refuses them
 
 
 class NullNotifier:
@@ -127,6 +130,8 @@ class Recognizer:
             ambiguity_margin=self.config.matcher.ambiguity_margin,
         )
         logger.info("%d products (%d views) loaded", len(self.matcher), self.matcher.n_views)
+        if stale:  # the re-embedding's progress line is over
+            self.notifier.status(f"watching; {len(self.matcher)} products")
         return True
 
     def _reembed_progress(self, done: int, total: int) -> None:
@@ -304,7 +309,9 @@ class Service:
         if not keep or self.save_dir is None:
             return
         try:
-            crops = sorted(p for p in self.save_dir.glob("*.jpg") if p.is_file())
+            # Only the app's own crops (named <UTC time>_<frame>_<label>.jpg): never other files
+            # someone keeps in that folder.
+            crops = sorted(p for p in self.save_dir.glob("*.jpg") if _CROP_NAME.match(p.name))
             for old in crops[:-keep]:
                 old.unlink(missing_ok=True)
         except OSError as exc:  # a crop folder problem must not stop recognition

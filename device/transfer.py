@@ -67,7 +67,9 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
         tmp = Path(tmp_name)
         try:
             n = _write_export(gallery, tmp)
-            tmp.chmod(0o644)
+            umask = os.umask(0)  # mkstemp makes it private: give it the usual mode
+            os.umask(umask)
+            tmp.chmod(0o666 & ~umask)
             tmp.replace(path)
         except BaseException:
             with suppress(OSError):

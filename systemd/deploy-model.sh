@@ -83,7 +83,10 @@ sys() {
   if [ -n "$ROOT" ]; then echo "+ $*    [skipped: --root]"; else echo "+ $*"; "$@"; fi
 }
 model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
-if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ]; then
+model_file() { f=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$1/model.json" | head -1); echo "${f:-model.tflite}"; }
+# The same model already in place, byte for byte (a damaged installed copy is replaced).
+if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ] \
+    && cmp -s "$STATE/model/$(model_file "$STATE/model")" "$BUNDLE/$(model_file "$BUNDLE")"; then
   # The same model again (e.g. a retry): swapping would replace model.previous, the real
   # previous model, with this one.
   echo "this model ($(model_id "$BUNDLE" | cut -c1-12)) is already deployed; model.previous is kept"
@@ -107,7 +110,9 @@ if [ "$RESTART" = 1 ]; then
   sys systemctl reset-failed "$NAME.service"
   sys systemctl start "$NAME.service"
   echo "deployed; the service re-embeds the stored products on start: journalctl -u $NAME -f"
-  echo "if it does not start, roll back: sudo $0 $STATE/model.previous"
+  if [ -d "$STATE/model.previous" ]; then
+    echo "if it does not start, roll back: sudo $0 $STATE/model.previous"
+  fi
 else
   echo "deployed; restart the service to use it: sudo systemctl restart $NAME"
 fi

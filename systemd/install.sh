@@ -145,10 +145,14 @@ import picamera2  # noqa: F401
 from ai_edge_litert.interpreter import Interpreter  # noqa: F401
 print("   picamera2 and ai_edge_litert import")
 EOF
-  if [ -f "$MODEL_SRC/model.json" ]; then
+  # The model that will run: the installed one on an upgrade (kept), else the one to install.
+  check_model=$MODEL_SRC
+  [ -f "$STATE/model/model.json" ] && check_model=$STATE/model
+  if [ -f "$check_model/model.json" ]; then
     # One real inference with the model being installed: a runtime that imports but cannot
     # run the model (an ABI mismatch with apt's numpy) shows here, not at the first start.
-    PYTHONPATH="$SRC" "$VENV/bin/python" - "$MODEL_SRC" <<'EOF' || die "the runtime cannot run the model (see above)"
+    PYTHONDONTWRITEBYTECODE=1 PYTHONPATH="$SRC" "$VENV/bin/python" - "$check_model" <<'EOF' \
+      || die "the runtime cannot run the model $check_model (see above)"
 import sys
 import numpy as np
 from device.embedder import Embedder

@@ -6,6 +6,8 @@ set -e
 if [ "$(id -u)" = 0 ]; then
   exec runuser -u prodrec -- "$0" "$@"
 fi
-# -P: not the current directory first, so `prodrec` typed inside a clone of the repository runs
-# the installed code, never the clone's (which could migrate the database under the service).
-PYTHONPATH=/opt/prodrec/app${PYTHONPATH:+:$PYTHONPATH} exec /opt/prodrec/venv/bin/python -P -m device "$@"
+# PYTHONSAFEPATH (Python 3.11+; ignored before): not the current directory first, so `prodrec`
+# typed inside a clone of the repository runs the installed code, never the clone's (which could
+# migrate the database under the service).
+PYTHONSAFEPATH=1 PYTHONPATH=/opt/prodrec/app${PYTHONPATH:+:$PYTHONPATH} \
+  exec /opt/prodrec/venv/bin/python -m device "$@"

@@ -305,10 +305,15 @@ def test_a_stalled_pi_camera_is_a_camera_error_not_a_hang(monkeypatch: pytest.Mo
 
         def wait(self, job: object, timeout: float | None = None) -> np.ndarray:
             assert timeout is not None  # a blocking wait would hang the service
+            self.queued = True  # as picamera2: the timed-out job stays in its queue
             raise TimeoutError
 
+        def cancel_all_and_flush(self) -> None:
+            self.queued = False
+
         def stop(self) -> None:
-            pass
+            # picamera2 runs stop() after the queued jobs: a stale capture would block it forever
+            assert not getattr(self, "queued", False), "stop() behind a stale capture job"
 
         def close(self) -> None:
             pass

@@ -263,7 +263,8 @@ def test_saved_crops_beyond_the_limit_are_deleted_oldest_first(tmp_path: Path, p
     crops = tmp_path / "crops"
     cfg = make_config(tmp_path, service={"save_crops": str(crops), "save_crops_keep": 2})
     crops.mkdir()
-    (crops / "20000101T000000Z_old.jpg").write_bytes(b"an old crop")
+    (crops / "20000101T000000.000Z_0000001_old.jpg").write_bytes(b"an old crop of the app's")
+    (crops / "IMG_0001.jpg").write_bytes(b"someone's photo")  # not the app's: never deleted
     with Gallery(cfg.gallery.path) as g:
         service = Service(
             cfg,
@@ -275,4 +276,5 @@ def test_saved_crops_beyond_the_limit_are_deleted_oldest_first(tmp_path: Path, p
         stats = service.run()
     assert stats.n_events == 3
     kept = sorted(p.name for p in crops.iterdir())
-    assert kept == sorted(Path(e["crop_file"]).name for e in list(stats.events)[-2:])
+    newest = [Path(e["crop_file"]).name for e in list(stats.events)[-2:]]
+    assert kept == sorted(["IMG_0001.jpg", *newest])

@@ -245,6 +245,11 @@ def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path)
     proc = run(deploy, str(new), "--root", str(root))
     assert proc.returncode == 0 and "already deployed" in proc.stdout
     assert (root / "var/lib/prodrec/model.previous/model.tflite").read_bytes() == b"TFL3 fake"
+    # ... unless the installed copy is damaged: then it is replaced.
+    (model / "model.tflite").write_bytes(b"damaged on the SD card")
+    proc = run(deploy, str(new), "--root", str(root), "--no-restart")
+    assert proc.returncode == 0 and "already deployed" not in proc.stdout
+    assert (model / "model.tflite").read_bytes() == b"TFL3 new-model"
 
     # A .tflite that does not match its model.json is refused; nothing changes.
     broken = _real_bundle(tmp_path / "broken")
