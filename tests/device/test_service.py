@@ -12,6 +12,7 @@ import cv2
 import numpy as np
 import pytest
 
+from device.config import Config
 from device.errors import CameraError
 from device.gallery import Gallery
 from device.service import Service
@@ -96,16 +97,21 @@ def test_failing_file_source_is_final(tmp_path: Path, photos) -> None:
             service.run()
 
 
+def scene_service(cfg: Config, g: Gallery, photos: list, out: io.StringIO) -> Service:
+    """The service over a synthetic scene of `photos` placed in turn, with a fake embedder."""
+    return Service(
+        cfg,
+        source_factory=lambda: scene_source(photos),
+        embedder=FakeEmbedder(),
+        gallery=g,
+        out=out,
+    )
+
+
 def test_max_frames_and_saved_crops(tmp_path: Path, photos) -> None:
     cfg = make_config(tmp_path, service={"save_crops": str(tmp_path / "crops")})
     with Gallery(cfg.gallery.path) as g:
-        service = Service(
-            cfg,
-            source_factory=lambda: scene_source(photos[:3]),
-            embedder=FakeEmbedder(),
-            gallery=g,
-            out=io.StringIO(),
-        )
+        service = scene_service(cfg, g, photos[:3], out=io.StringIO())
         stats = service.run(max_frames=45)  # the first placement (20..36) only
         assert g.events(10) == list(stats.events)  # crop_file kept with the event's row
     assert stats.frames == 45 and len(stats.events) == 1
@@ -118,13 +124,7 @@ def test_event_row_written_after_the_report_and_never_lost_at_stop(tmp_path: Pat
     cfg = make_config(tmp_path)
     with Gallery(cfg.gallery.path) as g:
         out = io.StringIO()
-        service = Service(
-            cfg,
-            source_factory=lambda: scene_source(photos[:2]),
-            embedder=FakeEmbedder(),
-            gallery=g,
-            out=out,
-        )
+        service = scene_service(cfg, g, photos[:2], out=out)
         # Stop on the very frame the first placement is reported: its row is not yet written.
         service.should_stop = lambda: service.stats.n_events >= 1
         stats = service.run()
@@ -241,13 +241,7 @@ def test_a_database_refusing_event_rows_does_not_stop_recognition(
 
         monkeypatch.setattr(g, "log_event", log_event)
         out = io.StringIO()
-        service = Service(
-            cfg,
-            source_factory=lambda: scene_source(photos[:3]),
-            embedder=FakeEmbedder(),
-            gallery=g,
-            out=out,
-        )
+        service = scene_service(cfg, g, photos[:3], out=out)
         service.should_stop = lambda: service.stats.n_events >= 2
         stats = service.run()  # both placements recognised while no row can be written
         assert stats.n_events == 2 and len(out.getvalue().splitlines()) == 2
@@ -266,13 +260,7 @@ def test_saved_crops_beyond_the_limit_are_deleted_oldest_first(tmp_path: Path, p
     (crops / "20000101T000000.000Z_0000001_old.jpg").write_bytes(b"an old crop of the app's")
     (crops / "IMG_0001.jpg").write_bytes(b"someone's photo")  # not the app's: never deleted
     with Gallery(cfg.gallery.path) as g:
-        service = Service(
-            cfg,
-            source_factory=lambda: scene_source(photos[:3]),
-            embedder=FakeEmbedder(),
-            gallery=g,
-            out=io.StringIO(),
-        )
+        service = scene_service(cfg, g, photos[:3], out=io.StringIO())
         stats = service.run()
     assert stats.n_events == 3
     kept = sorted(p.name for p in crops.iterdir())
