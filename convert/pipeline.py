@@ -11,7 +11,6 @@ import dataclasses
 import datetime as _dt
 import json
 import logging
-import os
 import shutil
 import tempfile
 import time
@@ -30,6 +29,7 @@ from device.bundle import (
     sha256_file,
     write_bundle_meta,
 )
+from device.files import replace_dir, staging_dir
 
 from . import calibration as cal
 from .latency import DEFAULT_RUNS, measure_latency
@@ -149,10 +149,7 @@ def convert_run(
     if not l2_normalized:
         log.warning("the Keras extractor's outputs are not unit vectors (norms %s)", norms[:3])
 
-    staging = Path(tempfile.mkdtemp(prefix=f".{out_dir.name}.tmp-", dir=out_dir.parent))
-    umask = os.umask(0)  # mkdtemp makes it private (0700): a bundle gets the usual mode
-    os.umask(umask)
-    staging.chmod(0o777 & ~umask)
+    staging = staging_dir(out_dir)
     try:
         with tempfile.TemporaryDirectory(prefix="convert-savedmodel-") as tmp:
             from .export import export_saved_model
@@ -213,7 +210,7 @@ def convert_run(
         report["model_id"] = meta.model_id
         report["duration_s"] = round(time.perf_counter() - started, 1)
         (staging / PARITY_FILE).write_text(json.dumps(report, indent=2) + "\n", encoding="utf-8")
-        _move_into_place(staging, out_dir)
+        replace_dir(staging, out_dir)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
@@ -252,22 +249,6 @@ def _check_out_dir(out_dir: Path, overwrite: bool) -> None:
             f"cannot write the bundle into {out_dir.parent} ({exc.strerror or exc}): give an --out "
             "in a folder you can write"
         ) from exc
-
-
-def _move_into_place(staging: Path, out_dir: Path) -> None:
-    """Replace `out_dir` by `staging`; an old bundle is removed only after the new one is in place."""
-    old: Path | None = None
-    if out_dir.exists():
-        old = out_dir.with_name(f".{out_dir.name}.old-{int(time.time())}")
-        out_dir.rename(old)
-    try:
-        staging.rename(out_dir)
-    except OSError:
-        if old is not None:
-            old.rename(out_dir)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)
 
 
 def _provenance(source: Source, quant: str, *, forced: bool) -> Provenance:

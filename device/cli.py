@@ -257,7 +257,13 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
-    from .enroll import EnrollAborted, EnrollInterrupted, enroll_from_images, guided_enroll
+    from .enroll import (
+        EnrollAborted,
+        EnrollInterrupted,
+        enroll_from_images,
+        guided_enroll,
+        stored_views,
+    )
     from .gallery import Gallery
 
     if not args.from_images and not args.name:
@@ -311,7 +317,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
                     say=say,
                 )
                 return EXIT_OK
-            before = _views_of(gallery, args.name)
+            before = stored_views(gallery, args.name)
             try:
                 guided_enroll(
                     args.name,
@@ -326,7 +332,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
                 )
             except KeyboardInterrupt:
                 # The signal may land just after the product's transaction committed.
-                if _views_of(gallery, args.name) > before:
+                if stored_views(gallery, args.name) > before:
                     say(f"\nEnrollment interrupted after {args.name.strip()!r} was stored whole.")
                     return EXIT_INTERRUPTED
                 raise
@@ -342,11 +348,6 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         return EXIT_INTERRUPTED
     finally:
         signal.signal(signal.SIGTERM, old)
-
-
-def _views_of(gallery: Any, name: str) -> int:
-    product = gallery.product(name)
-    return 0 if product is None else int(product.n_views)
 
 
 def _require_database(cfg: Config) -> None:

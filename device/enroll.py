@@ -301,10 +301,17 @@ def enroll_from_images(
     unchanged: list[str] = []  # --append: every photo already stored
     current: str | None = None  # the product being stored when an interruption comes
     views_before: int | None = None
+    # --append: the stored views, read once, for the near-duplicate check of each product's photos
+    stored_emb, stored_labels = gallery.load(embedder.model_id) if append else (None, [])
     try:
         for product, paths in plan:
             current, views_before = product, None
-            prior = _stored_embeddings(gallery, product, embedder.model_id) if append else None
+            prior = None
+            if stored_emb is not None:
+                mine = [
+                    i for i, label in enumerate(stored_labels) if label == product_name(product)
+                ]
+                prior = stored_emb[mine] if mine else None
             try:
                 views, skipped = _photo_views(product, paths, embedder, config, prior)
             except NothingNewError:
@@ -312,7 +319,7 @@ def enroll_from_images(
                 say(f"Nothing new for {product!r}: its usable photos are already stored")
                 unchanged.append(product)
                 continue
-            views_before = _n_views(gallery, product)
+            views_before = stored_views(gallery, product)
             gallery.add_product(
                 product,
                 views,
@@ -337,7 +344,7 @@ def enroll_from_images(
             current is not None
             and current not in stored
             and views_before is not None
-            and _n_views(gallery, current) > views_before
+            and stored_views(gallery, current) > views_before
         ):
             stored.append(current)
         not_stored = [n for n, _ in plan if n not in stored and n not in unchanged]
@@ -350,16 +357,10 @@ def enroll_from_images(
     return results
 
 
-def _n_views(gallery: Gallery, name: str) -> int:
+def stored_views(gallery: Gallery, name: str) -> int:
+    """How many views of the product `name` are stored (0 when there is no such product)."""
     product = gallery.product(name)
     return 0 if product is None else product.n_views
-
-
-def _stored_embeddings(gallery: Gallery, name: str, model_id: str) -> np.ndarray | None:
-    """The product's stored views (this model's), for the near-duplicate check of --append."""
-    emb, labels = gallery.load(model_id)
-    mine = [i for i, label in enumerate(labels) if label == product_name(name)]
-    return emb[mine] if mine else None
 
 
 def _photo_views(
@@ -373,8 +374,7 @@ def _photo_views(
     A photo nearly identical to another, or to one of the `stored` views, is skipped."""
     views: list[tuple[np.ndarray, np.ndarray]] = []
     skipped: list[str] = []
-    if stored is not None:
-        stored = np.asarray(stored, dtype=np.float32).reshape(-1, stored.shape[-1])
+    already = 0  # photos whose view is stored already
     for path in paths:
         try:
             image = load_image(path)
@@ -386,6 +386,7 @@ def _photo_views(
             best = float((stored @ emb).max())
             if best > config.enroll.duplicate_cosine:
                 skipped.append(f"{path}: near-duplicate of a view already stored ({best:.3f})")
+                already += 1
                 continue
         if views:
             sims = np.stack([v[0] for v in views]) @ emb
@@ -396,7 +397,7 @@ def _photo_views(
     for line in skipped:
         logger.warning("skipped %s", line)
     if not views:
-        if stored is not None and any("already stored" in line for line in skipped):
+        if already:
             # Re-running an --append enrollment: what could be added was added before.
             raise NothingNewError(f"{product}: all its usable photos are already stored")
         raise ValueError(f"{product}: none of its {len(paths)} photos could be used")

@@ -38,10 +38,10 @@ logger = logging.getLogger(__name__)
 
 # systemd start-up time asked for before each batch of re-embedding (a batch takes seconds).
 REEMBED_GRACE_S = 60.0
+# Event rows kept in memory while the database refuses them.
 MAX_PENDING_EVENTS = 1000
-_CROP_NAME = re.compile(
-    r"^\d{8}T\d{6}(\.\d+)?Z?_\d{7}_.*\.jpg$"
-)  # event rows kept in memory while the database refuses them
+# The app's own saved crops: <UTC time>_<frame>_<label>.jpg (pruning never touches other files).
+_CROP_NAME = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z?_\d{7}_.*\.jpg$")
 
 
 class NullNotifier:
@@ -199,8 +199,14 @@ class Service:
         self._unlogged: list[dict[str, Any]] = []  # events reported but not yet in the database
         self._events_failing = False  # the database refused the last event rows
         self.save_dir = Path(config.service.save_crops) if config.service.save_crops else None
+        # The saved crops, oldest first: listed once here, then kept up to date as crops are
+        # saved, so pruning costs no folder listing on the frame of a recognition.
+        self._saved_crops: deque[Path] = deque()
         if self.save_dir is not None:
             self.save_dir.mkdir(parents=True, exist_ok=True)
+            self._saved_crops.extend(
+                sorted(p for p in self.save_dir.glob("*.jpg") if _CROP_NAME.match(p.name))
+            )
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -306,16 +312,12 @@ class Service:
         """Delete the oldest saved crops beyond [service] save_crops_keep (names start with the
         event's UTC time, so name order is age order)."""
         keep = self.config.service.save_crops_keep
-        if not keep or self.save_dir is None:
-            return
-        try:
-            # Only the app's own crops (named <UTC time>_<frame>_<label>.jpg): never other files
-            # someone keeps in that folder.
-            crops = sorted(p for p in self.save_dir.glob("*.jpg") if _CROP_NAME.match(p.name))
-            for old in crops[:-keep]:
+        while keep and len(self._saved_crops) > keep:
+            old = self._saved_crops.popleft()
+            try:
                 old.unlink(missing_ok=True)
-        except OSError as exc:  # a crop folder problem must not stop recognition
-            logger.warning("could not prune the saved crops in %s: %s", self.save_dir, exc)
+            except OSError as exc:  # a crop folder problem must not stop recognition
+                logger.warning("could not delete the saved crop %s: %s", old, exc)
 
     def _flush_events_or_warn(self) -> None:
         """Write pending event rows; a database that cannot take them (disk full, file made
@@ -397,6 +399,7 @@ class Service:
             path = self.save_dir / name
             if cv2.imwrite(str(path), crop):
                 event["crop_file"] = str(path)
+                self._saved_crops.append(path)
                 self._prune_crops()
             else:
                 logger.warning("could not save the crop to %s", path)

@@ -23,6 +23,7 @@ from typing import Any
 
 import numpy as np
 
+from .files import give_usual_mode
 from .gallery import (
     EmbedderLike,
     Gallery,
@@ -67,9 +68,7 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
         tmp = Path(tmp_name)
         try:
             n = _write_export(gallery, tmp)
-            umask = os.umask(0)  # mkstemp makes it private: give it the usual mode
-            os.umask(umask)
-            tmp.chmod(0o666 & ~umask)
+            give_usual_mode(tmp)
             tmp.replace(path)
         except BaseException:
             with suppress(OSError):

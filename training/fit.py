@@ -15,6 +15,8 @@ from typing import Any
 
 import keras
 
+from device.files import replace_dir
+
 from .config import FitConfig, stage_plan
 from .data import (
     AugmentParams,
@@ -34,7 +36,6 @@ from .run import (
     RUN_FORMAT,
     RUN_FORMAT_VERSION,
     SAMPLES_FILE,
-    replace_folder,
     staging_dir,
     write_run_config,
 )
@@ -88,7 +89,7 @@ def fit(
         if result.run_dir != staging:  # a worker that does not write (multi-worker training)
             shutil.rmtree(staging, ignore_errors=True)
             return result
-        replace_folder(staging, out)
+        replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise

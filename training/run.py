@@ -4,11 +4,11 @@ from __future__ import annotations
 
 import json
 import os
-import shutil
 import tempfile
-import time
 from pathlib import Path
 from typing import Any
+
+from device import files
 
 CONFIG_FILE = "config.json"
 EXTRACTOR_FILE = "extractor.keras"
@@ -71,30 +71,9 @@ def staging_dir(out: Path) -> Path:
     """A new hidden folder beside `out` to write a run into; ValueError when that is impossible
     (checked before any slow work)."""
     try:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{out.name}.tmp-", dir=out.parent))
-        # mkdtemp makes it private (0700); a run folder gets the usual mode for the umask.
-        umask = os.umask(0)
-        os.umask(umask)
-        staging.chmod(0o777 & ~umask)
-        return staging
+        return files.staging_dir(out)
     except OSError as exc:
         raise ValueError(
             f"cannot write the run into {out.parent} ({exc.strerror or exc}): give an --out in a "
             "folder you can write"
         ) from exc
-
-
-def replace_folder(staging: Path, out: Path) -> None:
-    """Put `staging` at `out`; an old `out` is deleted only once the new one is in place."""
-    old = out.with_name(f".{out.name}.old-{int(time.time())}") if out.exists() else None
-    if old is not None:
-        out.rename(old)
-    try:
-        staging.rename(out)
-    except OSError:
-        if old is not None:
-            old.rename(out)
-        raise
-    if old is not None:
-        shutil.rmtree(old, ignore_errors=True)

@@ -228,7 +228,7 @@ def test_fit_writes_its_run_whole_or_not_at_all(
         return fit_module.FitResult(staging, {}, [], None, None, "val_loss", None)
 
     monkeypatch.setattr(fit_module, "_fit", finished)
-    monkeypatch.setattr(fit_module, "replace_folder", lambda *a: (_ for _ in ()).throw(OSError()))
+    monkeypatch.setattr(fit_module, "replace_dir", lambda *a: (_ for _ in ()).throw(OSError()))
     with pytest.raises(OSError):
         fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["run"]  # still no staging left
