@@ -143,6 +143,24 @@ def add_fit_parser(sub: Any) -> None:
         "--flip", action="store_true", help="random horizontal flips (off: packaging text)"
     )
     p.add_argument(
+        "--aug-zoom",
+        type=float,
+        default=d["aug_zoom"].default,
+        help="smallest random crop, as a fraction of the image side (1 = no zoom)",
+    )
+    p.add_argument(
+        "--aug-colour",
+        type=float,
+        default=d["aug_colour"].default,
+        help="random per-channel gain in [1 - x, 1 + x] (white balance, tinted light; 0 = off)",
+    )
+    p.add_argument(
+        "--aug-erase",
+        type=float,
+        default=d["aug_erase"].default,
+        help="probability of painting one random rectangle over an image (occlusion; 0 = off)",
+    )
+    p.add_argument(
         "--patience",
         type=int,
         default=d["early_stopping_patience"].default,
@@ -186,6 +204,9 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         seed=args.seed,
         augment=not args.no_augment,
         flip=args.flip,
+        aug_zoom=args.aug_zoom,
+        aug_colour=args.aug_colour,
+        aug_erase=args.aug_erase,
         early_stopping_patience=args.patience,
         strategy=args.strategy,
     )

@@ -31,6 +31,18 @@ MIN_INPUT_SIZE = 32
 
 
 @dataclass(frozen=True)
+class AugmentParams:
+    zoom: tuple[float, float] = (0.70, 1.0)  # crop side as a fraction of the stored image side
+    aspect: float = 1.1  # crop aspect ratio in [1/aspect, aspect]
+    rotation_deg: float = 10.0
+    brightness: float = 25.0  # +- pixel levels
+    contrast: tuple[float, float] = (0.75, 1.25)
+    flip: bool = False
+    colour: float = 0.0  # per-channel gain in [1 - colour, 1 + colour]: white balance, tinted light
+    erase: float = 0.0  # probability of one random rectangle painted over (occlusion, a hand)
+
+
+@dataclass(frozen=True)
 class FitConfig:
     """Hyper-parameters of `training.fit`. `scale`/`margin` None mean the head's published default.
 
@@ -61,6 +73,9 @@ class FitConfig:
     seed: int = 0
     augment: bool = True
     flip: bool = False
+    aug_zoom: float = 0.70  # smallest crop side (fraction of the stored image side)
+    aug_colour: float = 0.0
+    aug_erase: float = 0.0
     early_stopping_patience: int = 3
     lr_patience: int = 1
     lr_factor: float = 0.3
@@ -80,6 +95,14 @@ class FitConfig:
 
     def with_(self, **changes: Any) -> FitConfig:
         return replace(self, **changes)
+
+    def augment_params(self) -> AugmentParams:
+        return AugmentParams(
+            zoom=(self.aug_zoom, 1.0),
+            flip=self.flip,
+            colour=self.aug_colour,
+            erase=self.aug_erase,
+        )
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
@@ -154,6 +177,12 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(f"CosFace margin must be in [0, 2), got {m}")
     if cfg.head == "sphereface" and (m is None or m < 1 or float(m) != int(m)):
         raise ValueError(f"SphereFace margin is an integer >= 1 (the paper uses 4), got {m}")
+    if not 0.1 <= cfg.aug_zoom <= 1.0:
+        raise ValueError(f"--aug-zoom must be in [0.1, 1], got {cfg.aug_zoom}")
+    if not 0.0 <= cfg.aug_colour < 1.0:
+        raise ValueError(f"--aug-colour must be in [0, 1), got {cfg.aug_colour}")
+    if not 0.0 <= cfg.aug_erase <= 1.0:
+        raise ValueError(f"--aug-erase is a probability in [0, 1], got {cfg.aug_erase}")
     if cfg.decode_scale < 1.0:
         raise ValueError(f"decode scale must be >= 1, got {cfg.decode_scale}")
     if cfg.classes is not None and len(cfg.classes) < 2:

@@ -29,6 +29,8 @@ from device.bundle import InputSpec
 from device.images import IMAGE_SUFFIXES, load_image
 from device.preprocess import resize_rgb
 
+from .config import AugmentParams
+
 log = logging.getLogger(__name__)
 
 Item = tuple[Path, int]
@@ -286,19 +288,10 @@ def check_decoded(arrays: Arrays, classes: Sequence[str], where: Path) -> None:
 # ---- tf.data ---------------------------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class AugmentParams:
-    zoom: tuple[float, float] = (0.70, 1.0)  # crop side as a fraction of the stored image side
-    aspect: float = 1.1  # crop aspect ratio in [1/aspect, aspect]
-    rotation_deg: float = 10.0
-    brightness: float = 25.0  # +- pixel levels
-    contrast: tuple[float, float] = (0.75, 1.25)
-    flip: bool = False
-
-
 def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     """uint8 (N, L, L, 3) -> float32 (N, S, S, 3) in 0..255: random crop/zoom, shift, rotation
-    (one projective warp, reflect padding), optional flip, brightness and contrast."""
+    (one projective warp, reflect padding), optional flip, brightness and contrast, optional
+    per-channel gains and random erasing."""
     import tensorflow as tf
 
     x = tf.cast(images, tf.float32)
@@ -333,7 +326,32 @@ def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     contrast = tf.random.uniform([n, 1, 1, 1], params.contrast[0], params.contrast[1])
     bright = tf.random.uniform([n, 1, 1, 1], -params.brightness, params.brightness)
     x = (x - mean) * contrast + mean + bright
+    if params.colour > 0:
+        gains = tf.random.uniform([n, 1, 1, 3], 1.0 - params.colour, 1.0 + params.colour)
+        x = x * gains
+    if params.erase > 0:
+        x = _erase(x, n, s, params.erase)
     return tf.clip_by_value(x, 0.0, 255.0)
+
+
+def _erase(x: Any, n: Any, s: float, p: float) -> Any:
+    """With probability p per image, one rectangle of 2-25 % of the area (aspect 0.3-3.3) filled
+    with one random grey level (random erasing, Zhong et al. 2017)."""
+    import tensorflow as tf
+
+    area = tf.random.uniform([n], 0.02, 0.25) * s * s
+    log_r = tf.random.uniform([n], math.log(0.3), math.log(1 / 0.3))
+    w = tf.minimum(tf.sqrt(area * tf.exp(log_r)), s)
+    h = tf.minimum(tf.sqrt(area / tf.exp(log_r)), s)
+    x0 = tf.random.uniform([n]) * (s - w)
+    y0 = tf.random.uniform([n]) * (s - h)
+    grid = tf.range(s, dtype=tf.float32) + 0.5
+    inside_x = (grid[None, :] >= x0[:, None]) & (grid[None, :] < (x0 + w)[:, None])
+    inside_y = (grid[None, :] >= y0[:, None]) & (grid[None, :] < (y0 + h)[:, None])
+    applied = tf.random.uniform([n]) < p
+    mask = inside_y[:, :, None] & inside_x[:, None, :] & applied[:, None, None]
+    fill = tf.random.uniform([n, 1, 1, 1], 0.0, 255.0)
+    return tf.where(mask[..., None], fill, x)
 
 
 def _options() -> Any:

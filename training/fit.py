@@ -9,7 +9,7 @@ import shutil
 import sys
 import tempfile
 import time
-from dataclasses import dataclass
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -19,7 +19,6 @@ from device.files import replace_dir
 
 from .config import FitConfig, stage_plan
 from .data import (
-    AugmentParams,
     check_decoded,
     decode_items,
     eval_pipeline,
@@ -173,7 +172,7 @@ def _fit(
     strategy = make_strategy(config.strategy)
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = config.batch_size * replicas
-    params = AugmentParams(flip=config.flip)
+    params = config.augment_params()
     train_ds = train_pipeline(
         train_arr, size, global_batch, augment=config.augment, params=params, seed=config.seed
     )
@@ -334,7 +333,7 @@ def _run_config(
             "optimizer": "adam",
             "augmentation": {
                 "enabled": config.augment,
-                **(AugmentParams(flip=config.flip).__dict__ if config.augment else {}),
+                **(asdict(config.augment_params()) if config.augment else {}),
             },
         }
     )

@@ -242,3 +242,45 @@ def test_fit_writes_its_run_whole_or_not_at_all(
     shutil.copytree(FIXTURE / "train", data)
     with pytest.raises(ValueError, match="inside the data folder"):
         fit_module.fit(data, data / "run1", cfg)
+
+
+def test_augmentation_colour_gains_and_erasing_do_what_they_say() -> None:
+    import tensorflow as tf
+
+    from training.config import AugmentParams
+    from training.data import augment_batch
+
+    tf.random.set_seed(0)
+    grey = np.full((64, 40, 40, 3), 100, np.uint8)
+    still = dict(zoom=(1.0, 1.0), aspect=1.0, rotation_deg=0.0, brightness=0.0, contrast=(1, 1))
+    plain = augment_batch(grey, 32, AugmentParams(**still)).numpy()
+    assert np.allclose(plain, 100.0, atol=1e-3)  # everything off: the image unchanged
+
+    tinted = augment_batch(grey, 32, AugmentParams(**still, colour=0.2)).numpy()
+    gains = tinted[:, 0, 0, :] / 100.0  # one gain per image and channel, uniform over the image
+    assert np.allclose(tinted, tinted[:, :1, :1, :], atol=1e-3)
+    assert gains.min() >= 0.8 - 1e-4 and gains.max() <= 1.2 + 1e-4
+    assert gains.std() > 0.05 and np.abs(gains[:, 0] - gains[:, 1]).max() > 0.05
+
+    erased = augment_batch(grey, 32, AugmentParams(**still, erase=1.0)).numpy()
+    changed = np.any(np.abs(erased - 100.0) > 1e-3, axis=-1)  # (N, 32, 32)
+    share = changed.mean(axis=(1, 2))
+    # Every image gets one rectangle of 2-25 % of the area (a fill close to 100 may hide it).
+    assert (share > 0).mean() > 0.9 and share.max() <= 0.25 + 2 * 32 / 32**2
+    for mask in changed[share > 0]:
+        rows, cols = np.where(mask)
+        box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+        assert box.all()  # a rectangle, not scattered pixels
+    never = augment_batch(grey, 32, AugmentParams(**still, erase=0.0)).numpy()
+    assert np.allclose(never, 100.0, atol=1e-3)
+
+
+def test_augmentation_settings_are_checked() -> None:
+    from training.config import FitConfig
+
+    for bad in (dict(aug_zoom=0.05), dict(aug_colour=1.0), dict(aug_erase=1.5)):
+        with pytest.raises(ValueError, match="--aug-"):
+            FitConfig(**bad)
+    cfg = FitConfig(aug_zoom=0.5, aug_colour=0.1, aug_erase=0.3, flip=True)
+    p = cfg.augment_params()
+    assert p.zoom == (0.5, 1.0) and p.colour == 0.1 and p.erase == 0.3 and p.flip
