@@ -82,6 +82,36 @@ def bare_invoke(model_path: Path, threads: int, runs: int) -> list[float]:
     return times
 
 
+def capture_floor(model_path: Path, threads: int, runs: int) -> tuple[list[float], list[float]]:
+    """(bare calls, capture + call) timed alternately: the least a recognition frame can cost.
+
+    "capture + call" copies a 640x480 frame out (as a camera read does) and makes the same
+    interpreter call on a ready tensor: no detection, crop, preprocessing or matching, i.e. no app
+    code at all. Alternating the two keeps this machine's speed drift out of their ratio."""
+    from device.bundle import read_bundle_meta
+    from device.preprocess import prepare
+    from device.runtime import load_interpreter
+
+    meta = read_bundle_meta(model_path)
+    interp = load_interpreter(model_path / meta.model_file, num_threads=threads)
+    interp.allocate_tensors()
+    inp = interp.get_input_details()[0]
+    out = interp.get_output_details()[0]
+    tensor = prepare(np.full((200, 200, 3), 128, np.uint8), meta.input)
+    frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
+    bare, floor = [], []
+    for i in range(runs + 10):
+        t0 = time.perf_counter()
+        if i % 2:
+            frame.copy()
+        interp.set_tensor(inp["index"], tensor)
+        interp.invoke()
+        interp.get_tensor(out["index"])
+        if i >= 10:
+            (floor if i % 2 else bare).append(time.perf_counter() - t0)
+    return bare, floor
+
+
 class BankSource:
     """In-memory frames: `gap` empty frames, then `hold` frames of a placement, for each placement;
     every read returns a copy (what a camera driver's capture costs)."""
@@ -296,6 +326,7 @@ def main() -> int:
         costs = frame_costs(args.model, args.threads, args.products, tmp)
         calls += bare_invoke(args.model, args.threads, args.runs - args.runs // 2)
         invoke = median_ms(calls)
+        floor_bare, floor = capture_floor(args.model, args.threads, args.runs)
         q10k = query_ms(10_000, dim)
         q100k = query_ms(100_000, dim)
         q10k_128 = query_ms(10_000, 128) if dim != 128 else q10k
@@ -345,6 +376,11 @@ def main() -> int:
         f"| the interpreter call inside those frames / everything else in them (medians) | "
         f"{costs['in_frame_ms']:.3f} ms / {costs['overhead_ms']:.3f} ms: frame = "
         f"**{costs['recog_ratio_in_frame']:.3f}x** its own interpreter call | <= 1.15x |"
+    )
+    print(
+        f"| control, no app code: a frame copy + the same call on a ready tensor, alternating "
+        f"with bare calls (medians of {len(floor)} each) | {median_ms(floor):.3f} ms vs "
+        f"{median_ms(floor_bare):.3f} ms: **{median_ms(floor) / median_ms(floor_bare):.3f}x** | |"
     )
     print(
         f"| of which: detection / preprocessing the crop (`prepare`: resize "
