@@ -58,7 +58,8 @@ def median_ms(samples: list[float]) -> float:
     return statistics.median(samples) * 1000.0
 
 
-def bare_invoke(model_path: Path, threads: int, runs: int) -> list[float]:
+def ready_interpreter(model_path: Path, threads: int) -> tuple[Any, int, int, np.ndarray]:
+    """(interpreter, input index, output index, a ready input tensor) for the bundle."""
     from device.bundle import read_bundle_meta
     from device.preprocess import prepare
     from device.runtime import load_interpreter
@@ -69,15 +70,20 @@ def bare_invoke(model_path: Path, threads: int, runs: int) -> list[float]:
     inp = interp.get_input_details()[0]
     out = interp.get_output_details()[0]
     tensor = prepare(np.full((200, 200, 3), 128, np.uint8), meta.input)
+    return interp, int(inp["index"]), int(out["index"]), tensor
+
+
+def bare_invoke(model_path: Path, threads: int, runs: int) -> list[float]:
+    interp, inp, out, tensor = ready_interpreter(model_path, threads)
     for _ in range(10):
-        interp.set_tensor(inp["index"], tensor)
+        interp.set_tensor(inp, tensor)
         interp.invoke()
     times = []
     for _ in range(runs):
         t0 = time.perf_counter()
-        interp.set_tensor(inp["index"], tensor)
+        interp.set_tensor(inp, tensor)
         interp.invoke()
-        interp.get_tensor(out["index"])
+        interp.get_tensor(out)
         times.append(time.perf_counter() - t0)
     return times
 
@@ -88,25 +94,16 @@ def capture_floor(model_path: Path, threads: int, runs: int) -> tuple[list[float
     "capture + call" copies a 640x480 frame out (as a camera read does) and makes the same
     interpreter call on a ready tensor: no detection, crop, preprocessing or matching, i.e. no app
     code at all. Alternating the two keeps this machine's speed drift out of their ratio."""
-    from device.bundle import read_bundle_meta
-    from device.preprocess import prepare
-    from device.runtime import load_interpreter
-
-    meta = read_bundle_meta(model_path)
-    interp = load_interpreter(model_path / meta.model_file, num_threads=threads)
-    interp.allocate_tensors()
-    inp = interp.get_input_details()[0]
-    out = interp.get_output_details()[0]
-    tensor = prepare(np.full((200, 200, 3), 128, np.uint8), meta.input)
+    interp, inp, out, tensor = ready_interpreter(model_path, threads)
     frame = np.random.default_rng(0).integers(0, 255, (480, 640, 3), dtype=np.uint8)
     bare, floor = [], []
     for i in range(runs + 10):
         t0 = time.perf_counter()
         if i % 2:
             frame.copy()
-        interp.set_tensor(inp["index"], tensor)
+        interp.set_tensor(inp, tensor)
         interp.invoke()
-        interp.get_tensor(out["index"])
+        interp.get_tensor(out)
         if i >= 10:
             (floor if i % 2 else bare).append(time.perf_counter() - t0)
     return bare, floor
