@@ -11,12 +11,17 @@ queries) and prints P@1 and leave-class-out AUROC with each way of scoring a pro
 - `all-shot mean`: the mean cosine over all its shots;
 - `prototype`: the cosine to the normalised mean of its shots' embeddings.
 
+With `--ensemble`, it instead scores (best view) the concatenation of the runs' L2-normalised
+embeddings, every pair and all of them together: what running several models and averaging their
+cosines would give (the runs must hold the same images in the same order).
+
 No model runs: it only re-scores stored embeddings. Prints a markdown table.
 """
 
 from __future__ import annotations
 
 import argparse
+import itertools
 import subprocess
 import sys
 from collections.abc import Callable
@@ -53,19 +58,40 @@ SCORERS: dict[str, Scorer] = {
 }
 
 
+def _figures(
+    scorer: Scorer, queries: np.ndarray, shots: np.ndarray, labels: np.ndarray, truth: list[str]
+) -> tuple[float, float]:
+    products = sorted(set(labels))
+    scores = scorer(queries, shots, labels, products)
+    predicted, _ = metrics.predict(products, scores)
+    best, _, impostor = metrics.leave_class_out(products, scores, truth)
+    return metrics.precision_at_1(predicted, truth), metrics.auroc(best, impostor)
+
+
 def compare(npz: Path) -> dict[str, tuple[float, float]]:
     """{scorer: (P@1, leave-class-out AUROC)} on one evaluation's saved embeddings."""
     z = np.load(npz)
     shots, labels = z["enroll"], np.asarray(z["enroll_labels"]).astype(str)
     queries, truth = z["query"], [str(x) for x in z["query_labels"]]
-    products = sorted(set(labels))
-    out = {}
-    for name, scorer in SCORERS.items():
-        scores = scorer(queries, shots, labels, products)
-        predicted, _ = metrics.predict(products, scores)
-        best, _, impostor = metrics.leave_class_out(products, scores, truth)
-        out[name] = (metrics.precision_at_1(predicted, truth), metrics.auroc(best, impostor))
-    return out
+    return {name: _figures(sc, queries, shots, labels, truth) for name, sc in SCORERS.items()}
+
+
+def ensemble(npzs: list[Path]) -> tuple[float, float]:
+    """(P@1, AUROC), best view, of the runs' normalised embeddings concatenated: the cosine of the
+    result is the mean of the runs' cosines."""
+    zs = [np.load(n) for n in npzs]
+    keys = [
+        k for k in ("enroll_paths", "query_paths", "enroll_labels", "query_labels") if k in zs[0]
+    ]
+    for z, n in zip(zs[1:], npzs[1:], strict=True):
+        if any(k not in z or not np.array_equal(z[k], zs[0][k]) for k in keys):
+            raise ValueError(f"{n} holds other images (or another order) than {npzs[0]}")
+    k = np.float32(len(zs) ** -0.5)
+    shots = np.hstack([metrics.l2_normalize(z["enroll"]) for z in zs]) * k
+    queries = np.hstack([metrics.l2_normalize(z["query"]) for z in zs]) * k
+    labels = np.asarray(zs[0]["enroll_labels"]).astype(str)
+    truth = [str(x) for x in zs[0]["query_labels"]]
+    return _figures(SCORERS["best view"], queries, shots, labels, truth)
 
 
 def main() -> int:
@@ -73,6 +99,9 @@ def main() -> int:
         description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter
     )
     ap.add_argument("runs", nargs="+", type=Path, help="run folders of bench/grocery_protocol.py")
+    ap.add_argument(
+        "--ensemble", action="store_true", help="score the runs' embeddings concatenated instead"
+    )
     args = ap.parse_args()
     missing = [r for r in args.runs if not (r / "eval-int8" / "embeddings.npz").is_file()]
     if missing:
@@ -81,7 +110,19 @@ def main() -> int:
     commit = subprocess.run(
         ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
     ).stdout.strip()
-    print(f"`python bench/scoring.py {' '.join(map(str, args.runs))}` at commit {commit}\n")
+    flag = " --ensemble" if args.ensemble else ""
+    print(f"`python bench/scoring.py{flag} {' '.join(map(str, args.runs))}` at commit {commit}\n")
+    if args.ensemble:
+        npz = {r: r / "eval-int8" / "embeddings.npz" for r in args.runs}
+        combos = [[r] for r in args.runs] + [list(c) for c in itertools.combinations(args.runs, 2)]
+        if len(args.runs) > 2:
+            combos.append(list(args.runs))
+        print("| runs (int8 embeddings concatenated) | P@1 | AUROC (leave-class-out) |")
+        print("|---|---|---|")
+        for combo in combos:
+            p1, roc = ensemble([npz[r] for r in combo])
+            print(f"| {' + '.join(f'`{r.name}`' for r in combo)} | {p1:.3f} | {roc:.3f} |")
+        return 0
     print("| run (int8) | " + " | ".join(f"{n}: P@1 / AUROC" for n in SCORERS) + " |")
     print("|---|" + "---|" * len(SCORERS))
     for run in args.runs:

@@ -7,6 +7,7 @@ import importlib.util
 from pathlib import Path
 
 import numpy as np
+import pytest
 
 from device.matcher import Matcher
 from training import metrics
@@ -51,3 +52,40 @@ def test_scorers_against_loops(tmp_path: Path) -> None:
     result = scoring.compare(tmp_path / "e.npz")
     assert set(result) == set(scoring.SCORERS)
     assert all(0.0 <= p <= 1.0 and 0.0 <= a <= 1.0 for p, a in result.values())
+
+
+def test_ensemble_is_the_mean_of_the_runs_cosines(tmp_path: Path) -> None:
+    scoring = _scoring()
+    rng = np.random.default_rng(5)
+    labels = np.array(["a", "a", "b", "b", "c", "c"])
+    truth = np.array(["a", "b", "c", "c", "a"])
+    runs = []
+    for i in range(2):
+        shots = rng.normal(size=(6, 4 + i)).astype(np.float32)  # other sizes: other models
+        queries = rng.normal(size=(5, 4 + i)).astype(np.float32)
+        np.savez(
+            tmp_path / f"{i}.npz",
+            enroll=shots,
+            enroll_labels=labels,
+            query=queries,
+            query_labels=truth,
+        )
+        runs.append((metrics.l2_normalize(shots), metrics.l2_normalize(queries)))
+    # The naive reference: average the two runs' cosine matrices, best shot per product.
+    mean_cos = sum(q @ s.T for s, q in runs) / 2
+    products = ["a", "b", "c"]
+    scores = np.stack([mean_cos[:, labels == p].max(axis=1) for p in products], axis=1)
+    predicted = [products[j] for j in scores.argmax(axis=1)]
+    p1 = float(np.mean([p == t for p, t in zip(predicted, truth, strict=True)]))
+    best, _, impostor = metrics.leave_class_out(products, scores, list(truth))
+    got = scoring.ensemble([tmp_path / "0.npz", tmp_path / "1.npz"])
+    assert abs(got[0] - p1) < 1e-9 and abs(got[1] - metrics.auroc(best, impostor)) < 1e-9
+    np.savez(
+        tmp_path / "other.npz",
+        enroll=runs[0][0],
+        enroll_labels=labels[::-1],
+        query=runs[0][1],
+        query_labels=truth,
+    )
+    with pytest.raises(ValueError, match="other images"):
+        scoring.ensemble([tmp_path / "0.npz", tmp_path / "other.npz"])
