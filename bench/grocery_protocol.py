@@ -27,6 +27,7 @@ pooled features at 224 px, images resized whole; its threshold is calibrated the
 from __future__ import annotations
 
 import argparse
+import functools
 import json
 import logging
 import os
@@ -80,7 +81,12 @@ class Step:
         self.note(f"skip {what}: {because} exists")
 
 
+@functools.cache
 def commit_id() -> str:
+    """The commit the run started from (`+dirty` with uncommitted changes then): cached at the
+    first call, so rows written later name the code that ran, not a commit made meanwhile nor
+    this script's own edit of docs/BENCHMARKS.md."""
+
     def git(*args: str) -> str:
         return subprocess.run(
             ["git", *args], cwd=REPO, capture_output=True, text=True, check=False
