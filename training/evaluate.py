@@ -37,6 +37,9 @@ log = logging.getLogger(__name__)
 REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.md"
 ORACLE_FAR = 0.01
+# Ambiguity margins reported at the threshold (the device's default, [matcher] ambiguity_margin, is
+# among them).
+MARGINS = (0.0, 0.01, 0.02, 0.05, 0.1)
 
 
 def device_product_scores(
@@ -133,6 +136,13 @@ def evaluate_embeddings(
         }
         if unknown_best is not None:
             at["false_accept_unknown"] = metrics.false_accept_rate(unknown_best, threshold)
+        if len(products) > 1:
+            at["margins"] = [
+                vars(r)
+                for r in metrics.rates_with_margins(
+                    products, scores, query_labels, threshold, MARGINS
+                )
+            ]
         result["at_threshold"] = at
     if np.isfinite(impostor).any():
         # Diagnosis only, not deployable (chosen on the queries themselves): separates what the
@@ -380,6 +390,23 @@ def summary_markdown(report: dict[str, Any]) -> str:
         ]
         if "false_accept_unknown" in at:
             lines.append(f"| false accepts (real unknowns) | {_pct(at['false_accept_unknown'])} |")
+        if at.get("margins"):
+            lines += [
+                "",
+                "The device's answers at this threshold with an ambiguity margin (`[matcher] "
+                'ambiguity_margin`: "ambiguous" when the best two products are closer than it); '
+                "unknowns are leave-class-out:",
+                "",
+                "| margin | known: right | wrong | ambiguous | unknown | unknowns: accepted | "
+                "ambiguous |",
+                "|---|---|---|---|---|---|---|",
+            ]
+            lines += [
+                f"| {r['margin']:.2f} | {_pct(r['right'])} | {_pct(r['wrong'])} | "
+                f"{_pct(r['ambiguous'])} | {_pct(r['rejected'])} | {_pct(r['false_accept'])} | "
+                f"{_pct(r['unknown_ambiguous'])} |"
+                for r in at["margins"]
+            ]
     else:
         lines += ["", report.get("note", "")]
     oracle = m.get("at_oracle_threshold")

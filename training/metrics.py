@@ -245,3 +245,75 @@ def rates_at_threshold(
         n_known=int(n_known),
         n_unknown=int(ub.size),
     )
+
+
+@dataclass(frozen=True)
+class MarginRates:
+    """The device's three answers at a threshold and an ambiguity margin (device.matcher): a
+    product ("known"), "ambiguous" (best two products closer than the margin) or "unknown"."""
+
+    margin: float
+    right: float  # known queries answered with their own product
+    wrong: float  # known queries answered with another product
+    ambiguous: float  # known queries answered "ambiguous"
+    rejected: float  # known queries answered "unknown"
+    false_accept: float  # unknown queries answered with a product (not "ambiguous")
+    unknown_ambiguous: float  # unknown queries answered "ambiguous"
+
+
+def _top_two(scores: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Per row: (index of the best column, best score, second-best score; -inf without one)."""
+    if scores.shape[1] == 0:
+        n = scores.shape[0]
+        return np.zeros(n, int), np.full(n, -np.inf), np.full(n, -np.inf)
+    best_i = np.argmax(scores, axis=1)
+    rows = np.arange(scores.shape[0])
+    best = scores[rows, best_i]
+    if scores.shape[1] == 1:
+        return best_i, best, np.full(scores.shape[0], -np.inf)
+    rest = scores.copy()
+    rest[rows, best_i] = -np.inf
+    return best_i, best, rest.max(axis=1)
+
+
+def rates_with_margins(
+    products: Sequence[str],
+    scores: np.ndarray,
+    query_labels: Sequence[str],
+    threshold: float,
+    margins: Sequence[float],
+) -> list[MarginRates]:
+    """Outcome rates of known queries (full gallery) and their leave-class-out unknowns (the
+    gallery without their own product) for each ambiguity margin, as the device decides:
+    unknown if best < threshold, else ambiguous if best - runner-up < margin, else the best."""
+    index = {p: i for i, p in enumerate(products)}
+    own = np.array([index[lab] for lab in query_labels], dtype=int)
+    rows = np.arange(len(own))
+    s = np.asarray(scores, dtype=np.float32)
+    t = np.float32(threshold)
+    k_i, k_best, k_second = _top_two(s)
+    others = s.copy()
+    others[rows, own] = -np.inf
+    _, u_best, u_second = _top_two(others)
+    with np.errstate(invalid="ignore"):  # -inf - -inf: a query with no other product at all
+        k_gap, u_gap = k_best - k_second, u_best - u_second
+    out = []
+    for m in margins:
+        mm = np.float32(m)
+        k_acc = k_best >= t
+        k_amb = k_acc & (k_gap < mm)
+        k_known = k_acc & ~k_amb
+        u_acc = np.isfinite(u_best) & (u_best >= t)
+        u_amb = u_acc & (u_gap < mm)
+        out.append(
+            MarginRates(
+                margin=float(m),
+                right=float(np.mean(k_known & (k_i == own))),
+                wrong=float(np.mean(k_known & (k_i != own))),
+                ambiguous=float(np.mean(k_amb)),
+                rejected=float(np.mean(~k_acc)),
+                false_accept=float(np.mean(u_acc & ~u_amb)),
+                unknown_ambiguous=float(np.mean(u_amb)),
+            )
+        )
+    return out

@@ -110,6 +110,14 @@ def test_evaluate_trees_with_unknowns_writes_report_and_plots(
         np.mean(np.array(unknown_best) >= 0.5), abs=1e-6
     )
     assert at["accepted_right"] + at["accepted_wrong"] + at["rejected"] == pytest.approx(1.0)
+    # With no margin the device's answers are the plain threshold's; the default margin is listed.
+    margins = {r["margin"]: r for r in at["margins"]}
+    assert 0.02 in margins and margins[0.0]["ambiguous"] == 0.0
+    assert margins[0.0]["right"] == pytest.approx(at["accepted_right"])
+    assert margins[0.0]["wrong"] == pytest.approx(at["accepted_wrong"])
+    assert margins[0.0]["false_accept"] == pytest.approx(at["false_accept_leave_class_out"])
+    summary = (out / "summary.md").read_text()
+    assert "| margin |" in summary and summary.count("\n| 0.") == len(at["margins"])
     assert set(m["per_product_accuracy"]) == set(ql)
     oracle = m["at_oracle_threshold"]
     assert oracle["false_accept_leave_class_out"] <= 0.01

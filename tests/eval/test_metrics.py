@@ -228,3 +228,56 @@ def test_numpy_scores_and_threshold_agree_with_device_matcher() -> None:
         match = m.match(q[qi])
         assert match.best_label == predicted[qi]
         assert (match.status != "unknown") == bool(best[qi] >= np.float32(t))
+
+
+def test_margin_outcomes_match_a_loop_and_the_device_matcher() -> None:
+    from device.matcher import AMBIGUOUS, KNOWN, UNKNOWN, Matcher
+
+    rng = np.random.default_rng(11)
+    products = ["a", "b", "c", "d"]
+    # One unit view per product, so the device's best-view score of a product is its cosine.
+    views = metrics.l2_normalize(rng.normal(size=(4, 5)).astype(np.float32))
+    queries = metrics.l2_normalize(
+        views[rng.integers(0, 4, 60)] + 0.8 * rng.normal(size=(60, 5)).astype(np.float32)
+    )
+    truth = [products[i] for i in rng.integers(0, 4, 60)]  # some right, some wrong
+    scores = queries @ views.T
+    threshold, margins = 0.3, (0.0, 0.02, 0.1, 0.3)
+    got = metrics.rates_with_margins(products, scores, truth, threshold, margins)
+
+    def device(gallery: list[str], q: np.ndarray, m: float) -> tuple[str, str | None]:
+        keep = [products.index(p) for p in gallery]
+        match = Matcher(views[keep], gallery, threshold=threshold, ambiguity_margin=m).match(q)
+        return match.status, match.label
+
+    for rates, m in zip(got, margins, strict=True):
+        counts = dict.fromkeys(("right", "wrong", "ambiguous", "rejected", "fa", "u_amb"), 0)
+        for q, t in zip(queries, truth, strict=True):
+            status, label = device(products, q, m)  # known query: the whole gallery
+            if status == UNKNOWN:
+                counts["rejected"] += 1
+            elif status == AMBIGUOUS:
+                counts["ambiguous"] += 1
+            else:
+                assert status == KNOWN
+                counts["right" if label == t else "wrong"] += 1
+            status, _ = device([p for p in products if p != t], q, m)  # its product left out
+            counts["fa"] += status == KNOWN
+            counts["u_amb"] += status == AMBIGUOUS
+        n = len(truth)
+        assert rates.right == pytest.approx(counts["right"] / n)
+        assert rates.wrong == pytest.approx(counts["wrong"] / n)
+        assert rates.ambiguous == pytest.approx(counts["ambiguous"] / n)
+        assert rates.rejected == pytest.approx(counts["rejected"] / n)
+        assert rates.false_accept == pytest.approx(counts["fa"] / n)
+        assert rates.unknown_ambiguous == pytest.approx(counts["u_amb"] / n)
+    # A wider margin only moves answers into "ambiguous"; nothing is rejected differently.
+    assert [r.rejected for r in got] == [got[0].rejected] * len(got)
+    assert got[0].ambiguous == 0.0 and got[-1].ambiguous > got[1].ambiguous
+    assert all(abs(r.right + r.wrong + r.ambiguous + r.rejected - 1) < 1e-9 for r in got)
+
+
+def test_margin_outcomes_with_one_product_have_no_runner_up() -> None:
+    rates = metrics.rates_with_margins(["a"], np.array([[0.9], [0.1]]), ["a", "a"], 0.5, [0.5])
+    assert rates[0].right == 0.5 and rates[0].rejected == 0.5 and rates[0].ambiguous == 0.0
+    assert rates[0].false_accept == 0.0  # nothing else to be taken for
