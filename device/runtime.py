@@ -4,12 +4,17 @@ Tries, in order, LiteRT (`ai_edge_litert`, the maintained runtime and the fastes
 `tflite_runtime`, then `tensorflow.lite` (a desktop with TensorFlow installed). Each is imported
 inside the function so `import device` never pulls a heavy library in. When none imports, the error
 names the package to install for this Python and platform.
+
+`PRODREC_TFLITE_RUNTIME=ai_edge_litert|tflite_runtime|tensorflow` in the environment uses that one
+runtime only (to compare runtimes on one machine, e.g. with bench/device_speed.py, or to avoid one
+that misbehaves on a board); unset or `auto`, the order above.
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import platform
 import sys
 from pathlib import Path
@@ -29,12 +34,28 @@ _CANDIDATES: tuple[tuple[str, str, str], ...] = (
 )
 
 
+RUNTIME_ENV = "PRODREC_TFLITE_RUNTIME"
+
+
+def _candidates() -> tuple[tuple[str, str, str], ...]:
+    """The runtimes to try, in order: all of them, or the one named by PRODREC_TFLITE_RUNTIME."""
+    wanted = os.environ.get(RUNTIME_ENV, "").strip()
+    if wanted in ("", "auto"):
+        return _CANDIDATES
+    chosen = tuple(c for c in _CANDIDATES if c[0] == wanted)
+    if not chosen:
+        names = ", ".join(c[0] for c in _CANDIDATES)
+        raise ValueError(f"{RUNTIME_ENV}={wanted!r} is not a TFLite runtime: use auto, {names}")
+    return chosen
+
+
 def _import_interpreter_class() -> tuple[str, Any]:
     """Return (runtime name, Interpreter class) of the first runtime that imports.
 
     Not cached: after the first success the import is a sys.modules lookup."""
     failures: list[str] = []
-    for name, module_name, attribute in _CANDIDATES:
+    candidates = _candidates()
+    for name, module_name, attribute in candidates:
         try:
             interpreter_cls: Any = importlib.import_module(module_name)
             for part in attribute.split("."):
@@ -46,6 +67,14 @@ def _import_interpreter_class() -> tuple[str, Any]:
         log.debug("TFLite runtime: %s", module_name)
         return name, interpreter_cls
     log.debug("no TFLite runtime imports: %s", "; ".join(failures))
+    if len(candidates) == 1:
+        package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(
+            candidates[0][0], candidates[0][0]
+        )
+        raise RuntimeMissingError(
+            f"{RUNTIME_ENV}={candidates[0][0]} but it does not import ({failures[0]}): "
+            f"`pip install {package}`, or unset {RUNTIME_ENV} to use whichever runtime is installed"
+        )
     raise RuntimeMissingError(install_hint())
 
 

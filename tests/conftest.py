@@ -29,6 +29,8 @@ from pathlib import Path
 import pytest
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# A runtime chosen in the caller's shell (device/runtime.py) must not change what the tests test.
+os.environ.pop("PRODREC_TFLITE_RUNTIME", None)
 
 log = logging.getLogger(__name__)
 

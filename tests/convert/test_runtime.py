@@ -114,3 +114,21 @@ def test_bad_files_and_arguments(tmp_path: Path, model_path: Path) -> None:
         runtime.load_interpreter(truncated)
     with pytest.raises(ValueError, match="num_threads"):
         runtime.load_interpreter(model_path, num_threads=0)
+
+
+def test_environment_picks_one_runtime(monkeypatch: pytest.MonkeyPatch, model_path: Path) -> None:
+    import tensorflow as tf
+
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "auto")
+    assert runtime.runtime_name() == "ai_edge_litert"
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "tensorflow")  # although LiteRT is installed
+    assert runtime.runtime_name() == "tensorflow"
+    assert isinstance(runtime.load_interpreter(model_path, num_threads=1), tf.lite.Interpreter)
+
+    _uninstall(monkeypatch, *TFLITE_RUNTIME)
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "tflite_runtime")  # asked for, not installed
+    with pytest.raises(RuntimeMissingError, match="pip install tflite-runtime`, or unset"):
+        runtime.load_interpreter(model_path)
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "tflite")
+    with pytest.raises(ValueError, match="use auto, ai_edge_litert, tflite_runtime, tensorflow"):
+        runtime.runtime_name()
