@@ -308,6 +308,8 @@ def main() -> int:
     )
     ap.add_argument("--runs", type=int, default=200, help="timed interpreter calls")
     args = ap.parse_args()
+    if args.runs < 2:
+        ap.error("--runs must be at least 2 (half are timed before the frames, half after)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
     from device.bundle import read_bundle_meta
@@ -376,7 +378,7 @@ def main() -> int:
     )
     print(
         f"| control, no app code: a frame copy + the same call on a ready tensor, alternating "
-        f"with bare calls (medians of {len(floor)} each) | {median_ms(floor):.3f} ms vs "
+        f"with bare calls (medians of {len(floor)} and {len(floor_bare)}) | {median_ms(floor):.3f} ms vs "
         f"{median_ms(floor_bare):.3f} ms: **{median_ms(floor) / median_ms(floor_bare):.3f}x** | |"
     )
     print(

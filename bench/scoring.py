@@ -80,12 +80,19 @@ def ensemble(npzs: list[Path]) -> tuple[float, float]:
     """(P@1, AUROC), best view, of the runs' normalised embeddings concatenated: the cosine of the
     result is the mean of the runs' cosines."""
     zs = [np.load(n) for n in npzs]
-    keys = [
-        k for k in ("enroll_paths", "query_paths", "enroll_labels", "query_labels") if k in zs[0]
-    ]
+    keys = ("enroll_paths", "query_paths", "enroll_labels", "query_labels")
+    for z, n in zip(zs, npzs, strict=True):
+        absent = [k for k in keys if k not in z]
+        if absent:
+            raise ValueError(
+                f"{n} has no {', '.join(absent)}: write it with `python -m training evaluate`"
+            )
     for z, n in zip(zs[1:], npzs[1:], strict=True):
-        if any(k not in z or not np.array_equal(z[k], zs[0][k]) for k in keys):
-            raise ValueError(f"{n} holds other images (or another order) than {npzs[0]}")
+        if any(not np.array_equal(z[k], zs[0][k]) for k in keys):
+            raise ValueError(
+                f"{n} holds other images (or another order) than {npzs[0]}: evaluate both runs "
+                "with the same --protocol (or --enroll, --query and --shots)"
+            )
     k = np.float32(len(zs) ** -0.5)
     shots = np.hstack([metrics.l2_normalize(z["enroll"]) for z in zs]) * k
     queries = np.hstack([metrics.l2_normalize(z["query"]) for z in zs]) * k

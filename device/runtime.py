@@ -42,10 +42,13 @@ def _candidates() -> tuple[tuple[str, str, str], ...]:
     wanted = os.environ.get(RUNTIME_ENV, "").strip()
     if wanted in ("", "auto"):
         return _CANDIDATES
-    chosen = tuple(c for c in _CANDIDATES if c[0] == wanted)
+    # The pip names (ai-edge-litert, tflite-runtime) are accepted as well as the module names.
+    chosen = tuple(c for c in _CANDIDATES if c[0] == wanted.replace("-", "_"))
     if not chosen:
         names = ", ".join(c[0] for c in _CANDIDATES)
-        raise ValueError(f"{RUNTIME_ENV}={wanted!r} is not a TFLite runtime: use auto, {names}")
+        raise RuntimeMissingError(
+            f"{RUNTIME_ENV}={wanted!r} is not a TFLite runtime: set it to auto, {names}, or unset it"
+        )
     return chosen
 
 

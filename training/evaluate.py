@@ -136,13 +136,10 @@ def evaluate_embeddings(
         }
         if unknown_best is not None:
             at["false_accept_unknown"] = metrics.false_accept_rate(unknown_best, threshold)
-        if len(products) > 1:
-            at["margins"] = [
-                vars(r)
-                for r in metrics.rates_with_margins(
-                    products, scores, query_labels, threshold, MARGINS
-                )
-            ]
+        at["margins"] = [
+            vars(r)
+            for r in metrics.rates_with_margins(products, scores, query_labels, threshold, MARGINS)
+        ]
         result["at_threshold"] = at
     if np.isfinite(impostor).any():
         # Diagnosis only, not deployable (chosen on the queries themselves): separates what the

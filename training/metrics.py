@@ -182,7 +182,8 @@ def false_accept_rate(impostor: np.ndarray, threshold: float) -> float:
     imp = np.asarray(impostor, dtype=np.float32).ravel()
     if imp.size == 0:
         raise ValueError("no impostor scores")
-    return float(np.mean(imp >= np.float32(threshold)))
+    # float32 scores compared in float64, as device.matcher does (`float(score) < threshold`).
+    return float(np.mean(imp.astype(np.float64) >= float(threshold)))
 
 
 def threshold_for_far(impostor: np.ndarray, target_far: float) -> float:
@@ -230,12 +231,13 @@ def rates_at_threshold(
     threshold: float,
 ) -> ThresholdRates:
     """Outcome rates when accepting best score >= threshold."""
-    t = np.float32(threshold)
-    kb = np.asarray(known_best, dtype=np.float32)
+    # float32 scores compared in float64, as device.matcher does (`float(score) < threshold`).
+    t = float(threshold)
+    kb = np.asarray(known_best, dtype=np.float32).astype(np.float64)
     right = np.array([p == q for p, q in zip(known_predicted, known_truth, strict=True)], bool)
     accepted = kb >= t
     n_known = kb.size
-    ub = np.asarray(unknown_best, dtype=np.float32)
+    ub = np.asarray(unknown_best, dtype=np.float32).astype(np.float64)
     return ThresholdRates(
         threshold=float(threshold),
         accepted_right=float(np.mean(accepted & right)) if n_known else math.nan,
@@ -287,10 +289,17 @@ def rates_with_margins(
     gallery without their own product) for each ambiguity margin, as the device decides:
     unknown if best < threshold, else ambiguous if best - runner-up < margin, else the best."""
     index = {p: i for i, p in enumerate(products)}
+    missing = sorted({lab for lab in query_labels if lab not in index})
+    if missing:
+        raise ValueError(f"query products absent from the gallery: {missing}")
+    if not len(query_labels):
+        raise ValueError("no queries to measure the margins on")
     own = np.array([index[lab] for lab in query_labels], dtype=int)
     rows = np.arange(len(own))
-    s = np.asarray(scores, dtype=np.float32)
-    t = np.float32(threshold)
+    # float32 scores, compared and subtracted in float64 as device.matcher does
+    # (`float(score) - float(runner_up) < margin`).
+    s = np.asarray(scores, dtype=np.float32).astype(np.float64)
+    t = float(threshold)
     k_i, k_best, k_second = _top_two(s)
     others = s.copy()
     others[rows, own] = -np.inf
@@ -299,7 +308,7 @@ def rates_with_margins(
         k_gap, u_gap = k_best - k_second, u_best - u_second
     out = []
     for m in margins:
-        mm = np.float32(m)
+        mm = float(m)
         k_acc = k_best >= t
         k_amb = k_acc & (k_gap < mm)
         k_known = k_acc & ~k_amb

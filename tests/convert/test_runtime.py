@@ -129,6 +129,8 @@ def test_environment_picks_one_runtime(monkeypatch: pytest.MonkeyPatch, model_pa
     monkeypatch.setenv(runtime.RUNTIME_ENV, "tflite_runtime")  # asked for, not installed
     with pytest.raises(RuntimeMissingError, match="pip install tflite-runtime`, or unset"):
         runtime.load_interpreter(model_path)
+    monkeypatch.setenv(runtime.RUNTIME_ENV, "ai-edge-litert")  # the pip name works too
+    assert runtime.runtime_name() == "ai_edge_litert"
     monkeypatch.setenv(runtime.RUNTIME_ENV, "tflite")
-    with pytest.raises(ValueError, match="use auto, ai_edge_litert, tflite_runtime, tensorflow"):
+    with pytest.raises(RuntimeMissingError, match="auto, ai_edge_litert, tflite_runtime, tensorf"):
         runtime.runtime_name()

@@ -59,17 +59,17 @@ def test_ensemble_is_the_mean_of_the_runs_cosines(tmp_path: Path) -> None:
     rng = np.random.default_rng(5)
     labels = np.array(["a", "a", "b", "b", "c", "c"])
     truth = np.array(["a", "b", "c", "c", "a"])
+    names = {
+        "enroll_labels": labels,
+        "enroll_paths": np.array([f"e{j}.jpg" for j in range(6)]),
+        "query_labels": truth,
+        "query_paths": np.array([f"q{j}.jpg" for j in range(5)]),
+    }
     runs = []
     for i in range(2):
         shots = rng.normal(size=(6, 4 + i)).astype(np.float32)  # other sizes: other models
         queries = rng.normal(size=(5, 4 + i)).astype(np.float32)
-        np.savez(
-            tmp_path / f"{i}.npz",
-            enroll=shots,
-            enroll_labels=labels,
-            query=queries,
-            query_labels=truth,
-        )
+        np.savez(tmp_path / f"{i}.npz", enroll=shots, query=queries, **names)
         runs.append((metrics.l2_normalize(shots), metrics.l2_normalize(queries)))
     # The naive reference: average the two runs' cosine matrices, best shot per product.
     mean_cos = sum(q @ s.T for s, q in runs) / 2
@@ -80,12 +80,10 @@ def test_ensemble_is_the_mean_of_the_runs_cosines(tmp_path: Path) -> None:
     best, _, impostor = metrics.leave_class_out(products, scores, list(truth))
     got = scoring.ensemble([tmp_path / "0.npz", tmp_path / "1.npz"])
     assert abs(got[0] - p1) < 1e-9 and abs(got[1] - metrics.auroc(best, impostor)) < 1e-9
-    np.savez(
-        tmp_path / "other.npz",
-        enroll=runs[0][0],
-        enroll_labels=labels[::-1],
-        query=runs[0][1],
-        query_labels=truth,
-    )
+    shuffled = {**names, "enroll_paths": names["enroll_paths"][::-1]}
+    np.savez(tmp_path / "other.npz", enroll=runs[0][0], query=runs[0][1], **shuffled)
     with pytest.raises(ValueError, match="other images"):
         scoring.ensemble([tmp_path / "0.npz", tmp_path / "other.npz"])
+    np.savez(tmp_path / "bare.npz", enroll=runs[0][0], query=runs[0][1])
+    with pytest.raises(ValueError, match="has no enroll_paths"):
+        scoring.ensemble([tmp_path / "0.npz", tmp_path / "bare.npz"])

@@ -281,3 +281,31 @@ def test_margin_outcomes_with_one_product_have_no_runner_up() -> None:
     rates = metrics.rates_with_margins(["a"], np.array([[0.9], [0.1]]), ["a", "a"], 0.5, [0.5])
     assert rates[0].right == 0.5 and rates[0].rejected == 0.5 and rates[0].ambiguous == 0.0
     assert rates[0].false_accept == 0.0  # nothing else to be taken for
+
+
+def test_margin_outcomes_at_the_boundaries() -> None:
+    # Dyadic scores (exact in float32) on the boundaries: device.matcher accepts a best score
+    # equal to the threshold and calls a gap equal to the margin a clear answer.
+    products = ["a", "b", "c"]
+    scores = np.array(
+        [
+            [
+                0.75,
+                0.5,
+                0.0,
+            ],  # a: gap == margin -> a (right); without a: b == threshold -> accepted
+            [0.5, 0.25, 0.0],  # a: best == threshold -> a (right); without a: 0.25 -> unknown
+            [0.7, 0.7, 0.0],  # b: a tie -> ambiguous; without b: a, clear -> accepted
+            [0.49999, 0.1, 0.2],  # c: just under the threshold -> unknown, and without c too
+            [0.75, 0.5625, 0.0],  # a: gap 0.1875 < margin -> ambiguous; without a: b accepted
+        ],
+        np.float32,
+    )
+    truth = ["a", "a", "b", "c", "a"]
+    (r,) = metrics.rates_with_margins(products, scores, truth, 0.5, [0.25])
+    assert (r.right, r.wrong, r.ambiguous, r.rejected) == (0.4, 0.0, 0.4, 0.2)
+    assert (r.false_accept, r.unknown_ambiguous) == (0.6, 0.0)
+    with pytest.raises(ValueError, match="absent from the gallery"):
+        metrics.rates_with_margins(products, scores, ["a", "a", "b", "c", "z"], 0.5, [0.0])
+    with pytest.raises(ValueError, match="no queries"):
+        metrics.rates_with_margins(products, scores[:0], [], 0.5, [0.0])

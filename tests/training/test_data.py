@@ -267,12 +267,16 @@ def test_augmentation_colour_gains_and_erasing_do_what_they_say() -> None:
     share = changed.mean(axis=(1, 2))
     # Every image gets one rectangle of 2-25 % of the area (a fill close to 100 may hide it).
     assert (share > 0).mean() > 0.9 and share.max() <= 0.25 + 2 * 32 / 32**2
+    assert share[share > 0].min() >= 0.02 - 2 * 32 / 32**2  # 2-25 %, give or take a pixel row
     for mask in changed[share > 0]:
         rows, cols = np.where(mask)
         box = mask[rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
         assert box.all()  # a rectangle, not scattered pixels
     never = augment_batch(grey, 32, AugmentParams(**still, erase=0.0)).numpy()
     assert np.allclose(never, 100.0, atol=1e-3)
+    half = augment_batch(grey, 32, AugmentParams(**still, erase=0.5)).numpy()
+    erased_share = np.any(np.abs(half - 100.0) > 1e-3, axis=(1, 2, 3)).mean()
+    assert 0.25 <= erased_share <= 0.75  # about half of 64 images (binomial sd 0.06)
 
 
 def test_augmentation_settings_are_checked() -> None:
