@@ -62,10 +62,7 @@ def _figures(
     scorer: Scorer, queries: np.ndarray, shots: np.ndarray, labels: np.ndarray, truth: list[str]
 ) -> tuple[float, float]:
     products = sorted(set(labels))
-    scores = scorer(queries, shots, labels, products)
-    predicted, _ = metrics.predict(products, scores)
-    best, _, impostor = metrics.leave_class_out(products, scores, truth)
-    return metrics.precision_at_1(predicted, truth), metrics.auroc(best, impostor)
+    return metrics.p_at_1_and_auroc(products, scorer(queries, shots, labels, products), truth)
 
 
 def compare(npz: Path) -> dict[str, tuple[float, float]]:

@@ -16,7 +16,6 @@ Prints a markdown table of P@1 and leave-class-out AUROC.
 from __future__ import annotations
 
 import argparse
-import json
 import os
 import subprocess
 import sys
@@ -30,27 +29,25 @@ sys.path.insert(0, str(ROOT))
 
 from device.images import load_image  # noqa: E402
 from training.metrics import (  # noqa: E402
-    auroc,
     l2_normalize,
-    leave_class_out,
-    precision_at_1,
-    predict,
+    p_at_1_and_auroc,
     product_scores,
     similarity,
 )
+from training.protocol import read_protocol  # noqa: E402
 
 CENTRE = 0.85
-Split = tuple[list[str], list[Path]]
+Flat = tuple[list[str], list[Path]]  # (product of each image, image paths)
 
 
-def protocol_split(data: Path) -> tuple[Split, Split]:
-    proto = json.loads((data / "protocol.json").read_text())
-    enroll = [(p, data / f) for p, fs in proto["enroll"].items() for f in fs]
-    query = [(p, data / f) for p, fs in proto["query"].items() for f in fs]
-    return ([p for p, _ in enroll], [f for _, f in enroll]), (
-        [p for p, _ in query],
-        [f for _, f in query],
-    )
+def _flat(split: dict[str, list[Path]]) -> Flat:
+    return [p for p, fs in split.items() for _ in fs], [f for fs in split.values() for f in fs]
+
+
+def protocol_split(data: Path) -> tuple[Flat, Flat]:
+    """The protocol's enrollment shots and its queries."""
+    proto = read_protocol(data / "protocol.json")
+    return _flat(proto.enroll), _flat(proto.query)
 
 
 def scores(
@@ -58,10 +55,7 @@ def scores(
 ) -> tuple[float, float]:
     """(P@1, leave-class-out AUROC), best view per product, as `training evaluate` computes them."""
     sim = similarity(l2_normalize(query), l2_normalize(enroll))
-    products, per_product = product_scores(sim, e_labels)
-    predicted, _ = predict(products, per_product)
-    best, _, impostor = leave_class_out(products, per_product, q_labels)
-    return precision_at_1(predicted, q_labels), auroc(best, impostor)
+    return p_at_1_and_auroc(*product_scores(sim, e_labels), q_labels)
 
 
 def views(image: np.ndarray) -> dict[str, list[np.ndarray]]:

@@ -308,9 +308,8 @@ def enroll_from_images(
             current, views_before = product, None
             prior = None
             if stored_emb is not None:
-                mine = [
-                    i for i, label in enumerate(stored_labels) if label == product_name(product)
-                ]
+                key = product_name(product)
+                mine = [i for i, label in enumerate(stored_labels) if label == key]
                 prior = stored_emb[mine] if mine else None
             try:
                 views, skipped = _photo_views(product, paths, embedder, config, prior)

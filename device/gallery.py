@@ -466,8 +466,13 @@ class Gallery(Closing):
         return [Product(*row) for row in rows]
 
     def product(self, name: str) -> Product | None:
-        name = product_name(name)
-        return next((p for p in self.products() if p.name == name), None)
+        with self._failures("looking up a product"):
+            row = self.conn.execute(
+                "SELECT p.id, p.name, p.code, p.created, COUNT(v.id) FROM products p "
+                "LEFT JOIN views v ON v.product_id = p.id WHERE p.name = ? GROUP BY p.id",
+                (product_name(name),),
+            ).fetchone()
+        return Product(*row) if row else None
 
     def __len__(self) -> int:
         with self._failures("counting the products"):

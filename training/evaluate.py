@@ -86,6 +86,8 @@ def evaluate_embeddings(
     products, scores = score_fn(enroll_emb, enroll_labels, query_emb)
     predicted, best = metrics.predict(products, scores)
     best_all, genuine, impostor = metrics.leave_class_out(products, scores, query_labels)
+    # With one product there is no other to be taken for: no leave-class-out unknowns.
+    has_lco = bool(np.isfinite(impostor).any())
     sim = metrics.similarity(query_emb, enroll_emb)
     result: dict[str, Any] = {
         "n_products": len(products),
@@ -93,10 +95,7 @@ def evaluate_embeddings(
         "n_query": len(query_labels),
         "p_at_1": metrics.precision_at_1(predicted, list(query_labels)),
         "map_at_r": metrics.map_at_r(sim, enroll_labels, query_labels),
-        # With one product there is no other to be taken for: no leave-class-out unknowns.
-        "auroc_leave_class_out": metrics.auroc(best_all, impostor)
-        if np.isfinite(impostor).any()
-        else None,
+        "auroc_leave_class_out": metrics.auroc(best_all, impostor) if has_lco else None,
         "per_product_accuracy": metrics.per_product_accuracy(predicted, list(query_labels)),
         "confused_pairs": [
             {"true": t, "predicted": p, "count": n}
@@ -105,7 +104,7 @@ def evaluate_embeddings(
         "scores": {
             "genuine_mean": float(np.mean(genuine)),
             "impostor_leave_class_out_mean": float(np.mean(impostor[np.isfinite(impostor)]))
-            if np.isfinite(impostor).any()
+            if has_lco
             else None,
         },
         "scorer": "device.matcher.Matcher" if use_device_matcher else "training.metrics",
@@ -130,9 +129,7 @@ def evaluate_embeddings(
             "accepted_right": lco.accepted_right,
             "accepted_wrong": lco.accepted_wrong,
             "rejected": lco.rejected,
-            "false_accept_leave_class_out": lco.false_accept
-            if np.isfinite(impostor).any()
-            else None,
+            "false_accept_leave_class_out": lco.false_accept if has_lco else None,
         }
         if unknown_best is not None:
             at["false_accept_unknown"] = metrics.false_accept_rate(unknown_best, threshold)
@@ -141,7 +138,7 @@ def evaluate_embeddings(
             for r in metrics.rates_with_margins(products, scores, query_labels, threshold, MARGINS)
         ]
         result["at_threshold"] = at
-    if np.isfinite(impostor).any():
+    if has_lco:
         # Diagnosis only, not deployable (chosen on the queries themselves): separates what the
         # embedding can do from how well the calibrated threshold transfers to new products.
         oracle_value = metrics.threshold_for_far(impostor, ORACLE_FAR)

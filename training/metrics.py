@@ -133,6 +133,16 @@ def leave_class_out(
     return best, genuine, impostor
 
 
+def p_at_1_and_auroc(
+    products: Sequence[str], scores: np.ndarray, truth: Sequence[str]
+) -> tuple[float, float]:
+    """(P@1, leave-class-out AUROC) from (Q, P) product scores, as `training evaluate` reports
+    them."""
+    predicted, _ = predict(products, scores)
+    best, _, impostor = leave_class_out(products, scores, truth)
+    return precision_at_1(predicted, list(truth)), auroc(best, impostor)
+
+
 def auroc(positive: np.ndarray, negative: np.ndarray) -> float:
     """Area under the ROC curve: P(positive score > negative score), ties counted as 1/2.
 
@@ -306,13 +316,13 @@ def rates_with_margins(
     _, u_best, u_second = _top_two(others)
     with np.errstate(invalid="ignore"):  # -inf - -inf: a query with no other product at all
         k_gap, u_gap = k_best - k_second, u_best - u_second
+    k_acc = k_best >= t  # the threshold, then the margin: acceptance is the same for every margin
+    u_acc = np.isfinite(u_best) & (u_best >= t)
     out = []
     for m in margins:
         mm = float(m)
-        k_acc = k_best >= t
         k_amb = k_acc & (k_gap < mm)
         k_known = k_acc & ~k_amb
-        u_acc = np.isfinite(u_best) & (u_best >= t)
         u_amb = u_acc & (u_gap < mm)
         out.append(
             MarginRates(
