@@ -200,7 +200,7 @@ def connect(cluster: Cluster, timeout: float) -> Any:
     except tf.errors.OpError as exc:
         raise ClusterError(
             f"{_join_failure(cluster, timeout, unreachable_peers(cluster))} "
-            f"(TensorFlow: {str(exc).strip().splitlines()[0]})"
+            f"(TensorFlow: {type(exc).__name__}: {tf_error_line(exc)})"
         ) from exc
     finally:
         faulthandler.cancel_dump_traceback_later()
@@ -279,7 +279,7 @@ def _join_failure(cluster: Cluster, timeout: float, silent: list[tuple[str, int,
 def describe_collective_failure(exc: BaseException, cluster: Cluster, timeout: float) -> str:
     """A user's message for a collective operation that failed while training (a peer died, or
     was slower than `timeout`)."""
-    first = str(exc).strip().splitlines()[0] if str(exc).strip() else type(exc).__name__
+    first = f"{type(exc).__name__}: {tf_error_line(exc)}"
     silent = unreachable_peers(cluster)
     gone = (
         "no longer answers: " + ", ".join(f"{t} {i} at {a}" for t, i, a in silent)
@@ -291,3 +291,21 @@ def describe_collective_failure(exc: BaseException, cluster: Cluster, timeout: f
         f"written. A collective operation waits at most {timeout:.0f} s (--cluster-timeout). "
         f"Restart all workers. (TensorFlow: {first})"
     )
+
+
+def tf_error_line(exc: BaseException) -> str:
+    """The line of a TensorFlow error that says what happened ("Socket closed", "Deadline
+    Exceeded"), not the "Graph execution error:" or node trace around it."""
+    noise = (
+        "graph execution error",
+        "detected at node",
+        "additional grpc",
+        "file ",
+        "[[",
+        ":unknown",
+    )
+    for line in str(exc).splitlines():
+        text = line.strip()
+        if text and not text.lower().startswith(noise):
+            return text
+    return type(exc).__name__
