@@ -122,12 +122,6 @@ def _split_address(address: str) -> tuple[str, int]:
     return host.strip("[]"), int(port)
 
 
-def is_chief() -> bool:
-    """True unless TF_CONFIG names this process as a non-chief worker (only the chief writes)."""
-    cluster = read_cluster()
-    return cluster is None or cluster.is_chief
-
-
 def split_cpu(n: int) -> None:
     """Expose the CPU as `n` logical devices (must run before TensorFlow initialises devices)."""
     import tensorflow as tf

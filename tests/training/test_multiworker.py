@@ -97,13 +97,14 @@ def test_two_workers_train_one_model(tmp_path: Path) -> None:
 
     assert weights_sha256(load_extractor(run)) == match.group(1)
 
-    # The loss went down, in training and on the validation images (the same on every worker).
+    # The training loss went down. (Not asserted for the validation loss: from scratch, the
+    # backbone's BatchNormalization statistics are only re-estimated after training, so the
+    # validation loss during training is noise; it is the same on every worker all the same.)
     with (run / "history.csv").open() as fh:
         rows = list(csv.DictReader(fh))
     loss = [float(r["loss"]) for r in rows]
-    val = [float(r["val_loss"]) for r in rows]
     assert len(rows) == 2
-    assert loss[1] < loss[0] and val[1] < val[0], rows
+    assert loss[1] < loss[0], rows
 
 
 @pytest.mark.slow
