@@ -430,27 +430,19 @@ def multiworker_pipelines(
     and the loss is averaged over the workers, so every worker gets the same val_loss exactly."""
     import tensorflow as tf
 
-    n = len(train.labels)
-    steps = max(1, math.ceil(n / global_batch))
-    opts = tf.data.Options()
-    # Sharded here, by image: TensorFlow must not shard again.
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    fn = _batch_fn(out_size, augment, params)
+    steps = max(1, math.ceil(len(train.labels) / global_batch))
 
     def train_fn(ctx: Any) -> Any:
-        ds = tf.data.Dataset.from_tensor_slices((train.images, train.labels))
-        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
-        ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
-        ds = ds.batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
-        ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(opts)
+        return worker_train_dataset(
+            train, ctx, out_size, global_batch, augment=augment, params=params, seed=seed
+        )
 
     def val_fn(ctx: Any) -> Any:
         assert val is not None
         ds = tf.data.Dataset.from_tensor_slices((val.images, val.labels))
         ds = ds.batch(ctx.get_per_replica_batch_size(global_batch))
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(opts)
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
 
     train_ds = strategy.distribute_datasets_from_function(train_fn)
     has_val = val is not None and len(val.labels) > 0
@@ -465,3 +457,39 @@ def eval_pipeline(arrays: Arrays, batch_size: int) -> Any:
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels)).batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def worker_train_dataset(
+    arrays: Arrays,
+    ctx: Any,
+    out_size: int,
+    global_batch: int,
+    *,
+    augment: bool = True,
+    params: AugmentParams | None = None,
+    seed: int = 0,
+) -> Any:
+    """One worker's endless training stream for `multiworker_pipelines`; `ctx` is the
+    tf.distribute.InputContext saying which input pipeline this is out of how many."""
+    import tensorflow as tf
+
+    n = len(arrays.labels)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+    ds = ds.batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
+    ds = ds.map(
+        _batch_fn(out_size, augment, params),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
+
+
+def _unsharded() -> Any:
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    # Sharded by image in `worker_train_dataset`: TensorFlow must not shard again.
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return opts

@@ -217,3 +217,26 @@ def test_chief_is_the_chief_task_or_worker_0() -> None:
         {"TF_CONFIG": json.dumps({"cluster": both, "task": {"type": "worker", "index": 0}})}
     )
     assert w0 is not None and not w0.is_chief and w0.address == "w:1"
+
+
+def test_worker_shards_are_disjoint_and_cover_every_image() -> None:
+    tf = pytest.importorskip("tensorflow")
+    import numpy as np
+
+    from training.data import Arrays, worker_train_dataset
+
+    n = 10
+    images = np.zeros((n, 8, 8, 3), np.uint8)
+    labels = np.arange(n, dtype=np.int32)  # the label is the image's id
+    firsts = []
+    for k in range(2):
+        ctx = tf.distribute.InputContext(
+            num_input_pipelines=2, input_pipeline_id=k, num_replicas_in_sync=2
+        )
+        ds = worker_train_dataset(Arrays(images, labels), ctx, 8, 4, augment=False, seed=3)
+        it = iter(ds)
+        batches = [next(it)[1].numpy() for _ in range(3)]
+        assert [len(b) for b in batches] == [2, 2, 2]  # global batch 4 / 2 replicas
+        firsts.append(np.concatenate(batches)[: n // 2])
+    # Over the first epoch's worth of images the two workers saw every image once.
+    assert sorted(np.concatenate(firsts).tolist()) == list(range(n))
