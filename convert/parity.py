@@ -11,13 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from device.matcher import l2_normalize
+
 DEFAULT_MIN_COSINE = 0.98
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -63,10 +59,12 @@ def precision_at_1(
     keep = np.array([label in enrolled for label in query_labels], dtype=bool)
     if not keep.any():
         raise ValueError("no query image belongs to an enrolled product: check --enroll/--query")
+    from training.metrics import precision_at_1 as p_at_1
+
     predicted = [products[i] for i in np.argmax(scores, axis=1)]
-    correct = [p == q for p, q, k in zip(predicted, query_labels, keep, strict=True) if k]
+    kept = [(p, q) for p, q, k in zip(predicted, query_labels, keep, strict=True) if k]
     return {
-        "p_at_1": round(float(np.mean(correct)), 6),
+        "p_at_1": round(p_at_1([p for p, _ in kept], [q for _, q in kept]), 6),
         "n_queries": int(keep.sum()),
         "n_products": len(products),
         "n_gallery": len(gallery_labels),
