@@ -74,15 +74,17 @@ def precision_at_1(
 
 def labelled_images(root: str | Path) -> list[tuple[Path, str]]:
     """(image, product) pairs from a folder-per-product tree; the label is the top folder's name."""
+    from device.folders import is_hidden, product_dirs
     from device.images import is_image_file
 
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder-per-product tree of images")
     pairs = [
-        (p, p.relative_to(root).parts[0])
-        for p in sorted(root.rglob("*"))
-        if is_image_file(p) and len(p.relative_to(root).parts) > 1
+        (p, folder.name)
+        for folder in product_dirs(root)
+        for p in sorted(folder.rglob("*"))
+        if is_image_file(p) and not any(is_hidden(Path(q)) for q in p.relative_to(root).parts)
     ]
     if not pairs:
         raise ValueError(f"{root} holds no <product>/<image> files")
