@@ -28,7 +28,7 @@ from .exitcodes import EXIT_BAD_INPUT as EXIT_CONFIG
 from .exitcodes import EXIT_CAMERA, EXIT_GALLERY, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK
 from .exitcodes import EXIT_FAILED as EXIT_ABORTED
 
-logger = logging.getLogger("device")
+logger = logging.getLogger(__name__)
 
 
 # Tests replace this to run the CLI with a stand-in model; the real one loads a bundle.

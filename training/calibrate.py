@@ -43,7 +43,7 @@ from device.images import list_images
 from . import metrics
 from .embed import ImageEmbedder, KerasEmbedder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_FAR = 0.01
 DEFAULT_GALLERY_SHOTS = 4
@@ -88,7 +88,7 @@ def leave_class_out_threshold(
     value = metrics.threshold_for_far(impostor, target_far)
     achieved = metrics.false_accept_rate(impostor, value)
     if achieved > target_far:
-        log.warning(
+        logger.warning(
             "calibration cannot reach FAR %.3g: %.1f%% of impostor probes score %.4f or more "
             "(embeddings collapsed onto each other?); threshold capped at %.4f",
             target_far,
@@ -237,7 +237,7 @@ def calibrate_run(
         cfg = read_run_config(run_dir)  # re-read: nothing else in it may be lost
         cfg["threshold"] = threshold
         write_run_config(run_dir, cfg)
-        log.info("wrote threshold %.4f to %s/config.json", threshold["value"], run_dir)
+        logger.info("wrote threshold %.4f to %s/config.json", threshold["value"], run_dir)
     result.update(threshold)
     return result
 

@@ -19,7 +19,7 @@ from typing import Any
 
 from .config import FitConfig, unfreeze_default
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
 
@@ -111,7 +111,7 @@ def _add_plugins(sub: Any) -> None:
         try:
             module = importlib.import_module(name)
         except Exception as exc:  # a broken plug-in must not take `fit` down with it
-            log.warning("cannot load %s (its subcommand is unavailable): %s", name, exc)
+            logger.warning("cannot load %s (its subcommand is unavailable): %s", name, exc)
             continue
         add = getattr(module, "add_parser", None)
         if callable(add):

@@ -32,7 +32,7 @@ from device.preprocess import resize_rgb
 
 from .config import AugmentParams
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Item = tuple[Path, int]
 MIN_IMAGES_PER_CLASS = 2
@@ -230,12 +230,14 @@ class _Progress:
                 if self.done == self.total:
                     print(file=sys.stderr)
         elif self.done >= self.next_log or self.done == self.total:
-            log.info("%s: %d/%d", self.what, self.done, self.total)
+            logger.info("%s: %d/%d", self.what, self.done, self.total)
             self.next_log = self.done + max(1, self.total // 10)
 
     def finish(self) -> None:
         if self.enabled:
-            log.info("%s: %d images in %.1f s", self.what, self.done, time.monotonic() - self.start)
+            logger.info(
+                "%s: %d images in %.1f s", self.what, self.done, time.monotonic() - self.start
+            )
 
 
 def decode_items(
