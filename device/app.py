@@ -80,7 +80,8 @@ class DeviceApp(Closing):
         self.config = config
         self._embedder_factory = embedder_factory or load_embedder
         self._embedder: EmbedderLike | None = None
-        self._embed_lock = threading.Lock()
+        self._embed_lock = threading.Lock()  # embedding outside the loop, one call at a time
+        self._open_lock = threading.Lock()  # opening the model once
         self._out = out
         self._started = time.monotonic()
         self._lock = threading.Lock()  # guards _galleries and the lazily made bus
@@ -102,11 +103,13 @@ class DeviceApp(Closing):
 
     @property
     def embedder(self) -> EmbedderLike:
-        if self._embedder is None:
-            self._embedder = self._embedder_factory(
-                self.config.model.path, self.config.model.num_threads
-            )
-        return self._embedder
+        """The model, opened on first use (by whichever thread asks first)."""
+        with self._open_lock:
+            if self._embedder is None:
+                self._embedder = self._embedder_factory(
+                    self.config.model.path, self.config.model.num_threads
+                )
+            return self._embedder
 
     @property
     def meta(self) -> Any:
@@ -122,14 +125,9 @@ class DeviceApp(Closing):
         """The event bus with the device's outputs (made on first use; add more with `add`)."""
         with self._lock:
             if self._bus is None:
-                from .sinks import CropSink, EventLogSink, StdoutSink
+                from .service import default_bus
 
-                svc = self.config.service
-                stages = [CropSink(svc.save_crops, svc.save_crops_keep)] if svc.save_crops else []
-                self._bus = EventBus(
-                    [StdoutSink(self._out), EventLogSink(self.config.gallery.path)],
-                    stages=stages,
-                )
+                self._bus = default_bus(self.config, self.config.gallery.path, self._out)
             return self._bus
 
     def gallery(self) -> Gallery:
