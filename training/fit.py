@@ -43,7 +43,7 @@ from .run import (
     write_run_config,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -108,7 +108,7 @@ def fit(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
+    logger.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
     result.run_dir = out
     return result
 
@@ -150,7 +150,7 @@ def _fit(
 ) -> FitResult:
     dataset = scan_dataset(data_dir, config.classes, val_split=config.val_split, seed=config.seed)
     n_cls = len(dataset.classes)
-    log.info(
+    logger.info(
         "%s: %d classes, %d training and %d validation images (%s layout)",
         dataset.data_dir,
         n_cls,
@@ -178,7 +178,7 @@ def _fit(
     )
     skipped = dataset.skipped + bad_train + bad_val
     if skipped:
-        log.warning(
+        logger.warning(
             "skipped %d unreadable or non-image file(s):\n  %s",
             len(skipped),
             "\n  ".join(f"{p}: {r}" for p, r in skipped),
@@ -244,7 +244,7 @@ def _fit(
                 ),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             )
-        log.info(
+        logger.info(
             "stage %d/%d: backbone %s (%d trainable backbone weights), lr %.2g, epochs %d-%d",
             i + 1,
             len(plan),
@@ -304,7 +304,9 @@ def _fit(
     best_epoch = keeper.best_epoch
     if keeper.weights is not None:
         model.set_weights(keeper.weights)
-        log.info("restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best)
+        logger.info(
+            "restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best
+        )
     best = keeper.best
     bn_recalibration = None
     if not pretrained:
@@ -313,7 +315,7 @@ def _fit(
     fingerprint = weights_sha256(extractor)
     if cluster is not None:
         # Every worker logs it: equal on all workers = they ended with the same model.
-        log.info("%s: final extractor weights sha256 %s", cluster.name, fingerprint)
+        logger.info("%s: final extractor weights sha256 %s", cluster.name, fingerprint)
     run_cfg = _run_config(config, dataset, train_arr, val_arr, skipped, replicas, global_batch)
     run_cfg["training"].update(
         {
@@ -439,7 +441,7 @@ def _recalibrate_batchnorm(
         return x
 
     info = recalibrate_batchnorm(extractor, images, batch_size, prepare=prepare)
-    log.info(
+    logger.info(
         "BN recalibration (backbone not pretrained): moving statistics of %d BatchNormalization "
         "layers re-estimated over %d un-augmented training images (%d batches of %d) in %.1f s",
         info["layers"],

@@ -26,7 +26,7 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # How often a worker waiting for its peers says which of them it still waits for.
 _WAIT_LOG_INTERVAL_S = 10.0
@@ -143,12 +143,12 @@ def make_strategy(name: str, *, cluster_timeout: float = 120.0) -> Any:
             return tf.distribute.MirroredStrategy()
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         if len(cpus) < 2:
-            log.warning("mirrored strategy: no GPU and a single CPU device, so one replica")
+            logger.warning("mirrored strategy: no GPU and a single CPU device, so one replica")
         return tf.distribute.MirroredStrategy(devices=cpus)
     if name == "multiworker":
         cluster = read_cluster()
         if cluster is None:
-            log.warning("multiworker strategy without TF_CONFIG: running as a single worker")
+            logger.warning("multiworker strategy without TF_CONFIG: running as a single worker")
             return tf.distribute.MultiWorkerMirroredStrategy()
         if cluster.num_workers == 1:
             return tf.distribute.MultiWorkerMirroredStrategy()
@@ -170,7 +170,7 @@ def connect(cluster: Cluster, timeout: float) -> Any:
     import tensorflow as tf
 
     started = time.monotonic()
-    log.info(
+    logger.info(
         "%s at %s: joining %d workers (%s), waiting up to %.0f s (--cluster-timeout)",
         cluster.name,
         cluster.address,
@@ -180,7 +180,7 @@ def connect(cluster: Cluster, timeout: float) -> Any:
     )
     wait_for_peers(cluster, timeout)
     left = max(1.0, timeout - (time.monotonic() - started))
-    log.info(
+    logger.info(
         "%s: every worker answers; forming the cluster (at most %.0f s more)", cluster.name, left
     )
     faulthandler.dump_traceback_later(left, exit=True)
@@ -198,7 +198,7 @@ def connect(cluster: Cluster, timeout: float) -> Any:
         ) from exc
     finally:
         faulthandler.cancel_dump_traceback_later()
-    log.info("%s: all %d workers joined", cluster.name, cluster.num_workers)
+    logger.info("%s: all %d workers joined", cluster.name, cluster.num_workers)
     return strategy
 
 
@@ -231,7 +231,7 @@ def wait_for_peers(cluster: Cluster, timeout: float, poll: float = 0.5) -> None:
                 raise ClusterError(_join_failure(cluster, timeout, silent))
             if time.monotonic() >= next_log:
                 next_log += _WAIT_LOG_INTERVAL_S
-                log.info(
+                logger.info(
                     "%s: still waiting for %s (%.0f s of %.0f s)",
                     cluster.name,
                     ", ".join(f"{t} {i} at {a}" for t, i, a in silent),
