@@ -62,7 +62,7 @@ def add_fit_parser(sub: Any) -> None:
         p.add_argument(
             flag,
             dest=dest,
-            metavar=None if m["choices"] else dest.upper(),
+            metavar=m.get("metavar") or (None if m["choices"] else dest.upper()),
             type=m["type"] or type(f.default),
             choices=m["choices"],
             default=f.default if m["cli_default"] is ... else m["cli_default"],
@@ -96,6 +96,13 @@ def run_fit(args: argparse.Namespace) -> int:
     t = result.config["training"]
     best = result.best_value if result.best_value is not None else float("nan")
     skipped = result.config["data"]["n_skipped"]
+    if not result.written:  # a non-chief worker of multi-worker training
+        print(
+            f"worker done: {t['epochs_run']} epochs in {t['time_s']} s, best {result.monitor} "
+            f"{best:.4f} (epoch {result.best_epoch}); the chief wrote the run; final extractor "
+            f"weights sha256 {t['extractor_weights_sha256']}"
+        )
+        return 0
     print(
         f"run written to {result.run_dir}: {t['epochs_run']} epochs in {t['time_s']} s, best "
         f"{result.monitor} {best:.4f} (epoch {result.best_epoch}); "
@@ -139,6 +146,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from device.errors import DeviceError
     from device.exitcodes import EXIT_INTERRUPTED, exit_code_for
 
+    from .strategy import ClusterError
+
     try:
         return int(args.func(args) or 0)
     except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle (3)
@@ -147,6 +156,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return code
+    except ClusterError as exc:  # multi-worker training: a peer never came, or died
+        print(f"error: {exc}", file=sys.stderr)
+        return 3  # main's choice (tests/training/test_multiworker.py); see device/exitcodes.py
     except KeyboardInterrupt:
         # fit writes its run whole or not at all, calibrate its config.json in one rename.
         print(

@@ -70,6 +70,7 @@ def cli(
     negate: bool = False,
     cli_default: Any = ...,
     post: Callable[[Any], Any] | None = None,
+    metavar: str | None = None,
 ) -> dict[str, Any]:
     """A FitConfig field's command-line option (`training/cli.py` builds the parser and maps the
     arguments back from these; a field without it is not on the command line).
@@ -85,6 +86,7 @@ def cli(
         "negate": negate,
         "cli_default": cli_default,
         "post": post,
+        "metavar": metavar,
     }
 
 
@@ -171,6 +173,12 @@ class FitConfig:
         "tf.distribute: mirrored (GPUs), multiworker (hosts, TF_CONFIG)",
         choices=STRATEGIES,
     )
+    cluster_timeout: float = _opt(
+        120.0,
+        "multiworker: how long a worker waits for the others to join, and for each exchange "
+        "with them while training, before it stops with an error",
+        metavar="SECONDS",
+    )
     decode_scale: float = 1.15
 
     def __post_init__(self) -> None:
@@ -242,6 +250,8 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(
             f"unknown strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}"
         )
+    if not cfg.cluster_timeout > 0:
+        raise ValueError(f"--cluster-timeout must be > 0 seconds, got {cfg.cluster_timeout}")
     validate_backbone(cfg.input_size, cfg.alpha, cfg.weights)
     if cfg.embedding_dim < 2:
         raise ValueError(f"embedding dim must be >= 2, got {cfg.embedding_dim}")
