@@ -353,12 +353,14 @@ def _erase(x: Any, n: Any, s: float, p: float) -> Any:
     return tf.where(mask[..., None], fill, x)
 
 
-def _options() -> Any:
+def _options(shard: bool = True) -> Any:
     import tensorflow as tf
 
+    policy = tf.data.experimental.AutoShardPolicy
     opts = tf.data.Options()
-    # In-memory tensors: shard by element across workers (MultiWorkerMirroredStrategy).
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.DATA
+    # In-memory tensors: shard by element across workers (MultiWorkerMirroredStrategy), unless
+    # the pipeline shards itself (`worker_train_dataset`): then TensorFlow must not shard again.
+    opts.experimental_distribute.auto_shard_policy = policy.DATA if shard else policy.OFF
     return opts
 
 
@@ -441,7 +443,7 @@ def multiworker_pipelines(
         ds = tf.data.Dataset.from_tensor_slices((val.images, val.labels))
         ds = ds.batch(ctx.get_per_replica_batch_size(global_batch))
         ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
-        return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(shard=False))
 
     train_ds = strategy.distribute_datasets_from_function(train_fn)
     has_val = val is not None and len(val.labels) > 0
@@ -482,13 +484,4 @@ def worker_train_dataset(
         num_parallel_calls=tf.data.AUTOTUNE,
         deterministic=False,
     )
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
-
-
-def _unsharded() -> Any:
-    import tensorflow as tf
-
-    opts = tf.data.Options()
-    # Sharded by image in `worker_train_dataset`: TensorFlow must not shard again.
-    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
-    return opts
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options(shard=False))
