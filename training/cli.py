@@ -20,7 +20,7 @@ from .config import HEAD_DEFAULTS, HEADS, STRATEGIES, FitConfig, is_pretrained
 
 log = logging.getLogger(__name__)
 
-PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
+PLUGIN_MODULES = ("training.calibrate", "training.evaluate", "training.generalise")
 
 
 class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
