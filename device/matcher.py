@@ -106,6 +106,18 @@ class Matcher:
         sims = self._unit(q) @ self._emb.T
         return list(self.products), np.maximum.reduceat(sims, self._starts, axis=1)
 
+    @property
+    def view_labels(self) -> list[str]:
+        """The product of each view, in the order of `view_scores`' columns."""
+        return [self.products[i] for i in self._view_product]
+
+    def view_scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) cosine of each query to each stored view, as `match` scores them."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query has {q.shape[1]} dimensions, the stored views {self.dim}")
+        return self._unit(q) @ self._emb.T
+
     def match(self, query: np.ndarray) -> Match:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
         if query.shape[0] != self.dim:
