@@ -19,6 +19,8 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import Any
 
+import numpy as np
+
 from .config import Config, ConfigError, load_config
 from .errors import CameraError, GalleryError, ModelError
 
@@ -402,15 +404,21 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _check_products(gallery: Any, cfg: Config, *, as_json: bool, from_flag: bool) -> int:
+    from .adaptation import centre
     from .audit import check_products, reject_all_threshold
-    from .service import matching_threshold
+    from .service import matching_policy
 
     with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
-        threshold, source = matching_threshold(cfg, embedder)
+        policy = matching_policy(cfg, embedder)
         if gallery.stale_views(embedder.model_id):
             gallery.reembed(embedder)  # as `run` would: views of an older model are re-embedded
         emb, labels = gallery.load(embedder.model_id)
-    checks = check_products(emb, labels) if labels else []
+    matcher, decision = policy.build(emb if labels else np.zeros((0, 1), np.float32), labels)
+    threshold, source = decision.value, f"{decision.source}: {decision.reason}"
+    if decision.source == "the model bundle" and policy.adaptive:
+        logger.warning("adaptive threshold not in force: %s", decision.reason)
+    # Scores as the matcher compares them (centred for bundles that centre).
+    checks = check_products(centre(emb, matcher.centre), labels) if labels else []
     if as_json:
         for c in checks:
             print(json.dumps({**c.__dict__, "flags": c.flags(threshold)}))

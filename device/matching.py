@@ -25,7 +25,6 @@ import numpy as np
 
 from .adaptation import Centring, centre, load_cohort
 from .bundle import BundleMeta
-from .errors import BundleError
 from .matcher import Matcher
 from .threshold_rule import adaptive_threshold
 
@@ -64,7 +63,7 @@ class MatchingPolicy:
     ) -> MatchingPolicy:
         adaptation = meta.adaptation
         if fixed_threshold is None and adaptation is None and meta.threshold is None:
-            raise BundleError(
+            raise ValueError(
                 "the model bundle has no calibrated threshold (model.json threshold is null): "
                 "run `python -m training calibrate` before converting, or give --threshold T "
                 "(or [matcher] threshold in the config)"
