@@ -142,3 +142,36 @@ def test_adaptation_fields_are_checked(tmp_path: Path) -> None:
         (bundle / "model.json").write_text(json.dumps(d))
         with pytest.raises(BundleError, match=field):
             read_bundle_meta(bundle, verify_model_id=False)
+
+
+def test_products_check_says_which_threshold_and_why(tmp_path: Path, capsys) -> None:
+    """With a format-2 bundle, `products check` reports the adaptive threshold and why; with one
+    product and no cohort it falls back to the bundle's threshold, saying so."""
+    from device import cli
+
+    dim = json.loads((DEFAULT / "model.json").read_text())["output"]["embedding_dim"]
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "grocery" / "train"
+    tree = tmp_path / "photos"
+    for product in ("Banana", "Oatly-Oat-Milk", "Red-Bell-Pepper"):
+        (tree / product).mkdir(parents=True)
+        for src in sorted((fixture / product).glob("*.jpg"))[:3]:
+            (tree / product / src.name).write_bytes(src.read_bytes())
+    rng = np.random.default_rng(0)
+    bundle = _bundle_with_cohort(tmp_path, rng.normal(size=(40, dim)).astype(np.float16))
+    args = ["--model", str(bundle), "--db", str(tmp_path / "g.db")]
+    assert cli.main(["enroll", *args, "--from-images", str(tree)]) == 0
+    capsys.readouterr()
+    assert cli.main(["products", "check", *args]) == 0
+    err = capsys.readouterr().err
+    assert "(from adaptive: 1% false accepts estimated from 3 product(s)" in err
+    assert "40 cohort images" in err and "9 views against other products" in err
+    # No cohort, one product: the bundle's calibrated threshold, and why.
+    data = json.loads((bundle / "model.json").read_text())
+    del data["adaptation"]["cohort_file"], data["adaptation"]["cohort_sha256"]
+    (bundle / "model.json").write_text(json.dumps(data))
+    one = ["--model", str(bundle), "--db", str(tmp_path / "one.db")]
+    assert cli.main(["enroll", *one, "B", "--from-images", str(tree / "Banana")]) == 0
+    capsys.readouterr()
+    assert cli.main(["products", "check", *one]) == 0
+    err = capsys.readouterr().err
+    assert f"threshold {data['threshold']:.3f} (from the model bundle: too few products" in err
