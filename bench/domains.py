@@ -17,7 +17,9 @@ matcher, threshold rule), and scored:
 - the same with 2, 5 and 15 products enrolled (random draws; queries of enrolled products are the
   known ones, queries of every other product the unknowns).
 
-`--reference` is the ImageNet-features bundle measured in the same run (made by `python -m training
+`--reference` is the ImageNet-features bundle measured in the same run, as a format-1 device
+would use it (raw cosines, its calibrated threshold; pass it among the BUNDLEs too to see it with
+the device's adaptation) (made by `python -m training
 generalise imagenet` + `python -m convert`, see docs/BENCHMARKS.md). Embeddings are cached per
 model id and set in --cache. Prints markdown tables; `--row` appends them to docs/BENCHMARKS.md
 with the command and commit.
@@ -28,6 +30,7 @@ coil-dev and grozi-dev are evaluation data only: nothing here trains, calibrates
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import subprocess
 import sys
@@ -40,6 +43,7 @@ import numpy as np
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
+from device.adaptation import Centring  # noqa: E402
 from device.bundle import read_bundle_meta  # noqa: E402
 from device.embedder import Embedder  # noqa: E402
 from device.images import load_image  # noqa: E402
@@ -170,7 +174,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--row", action="store_true", help="append the tables to docs/BENCHMARKS.md")
     args = p.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
-    bundles = ([args.reference] if args.reference else []) + list(args.bundles)
+    runs = [(b, False) for b in args.bundles]
+    if args.reference:
+        runs.insert(0, (args.reference, True))
     lines = [
         f"Run of {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, commit {_commit()}: "
         f"`python bench/domains.py {shlex.join(str(a) for a in (argv or sys.argv[1:]))}`",
@@ -179,10 +185,13 @@ def main(argv: list[str] | None = None) -> int:
         "false accepts | AR / FA, 2 products | 5 products | 15 products |",
         "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for bundle in bundles:
+    for bundle, plain in runs:
         meta = read_bundle_meta(bundle)
         policy = MatchingPolicy.from_bundle(bundle, meta)
-        label = meta.name + (" (reference)" if bundle == args.reference else "")
+        label = meta.name
+        if plain:  # the reference as the issue measured it: raw cosines, the bundle's threshold
+            policy = dataclasses.replace(policy, centring=Centring.none(), cohort=None)
+            label += " (reference: raw cosine, calibrated threshold)"
         for name in sets:
             enroll, query = embed_set(bundle, args.data, name, args.cache)
             r = evaluate_all(policy, enroll, query)
