@@ -117,7 +117,13 @@ def write_generalised_run(
     model, facts = build_pooled_extractor(source, alpha=alpha, input_size=input_size)
     src_cfg = facts.pop("run_config")
     size = facts["input_size"]
-    name = "imagenet" if facts["source_run"] is None else f"wise{round(alpha * 100):02d}"
+    src_head = (src_cfg.get("model") or {}).get("head", "")
+    if facts["source_run"] is None:
+        name = "imagenet"
+    elif alpha == 1.0:
+        name = f"pooled-{src_head}"
+    else:
+        name = f"pooled-{src_head}-wise{round(alpha * 100):02d}"
     cfg = {
         "format": RUN_FORMAT,
         "format_version": RUN_FORMAT_VERSION,
