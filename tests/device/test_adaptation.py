@@ -13,6 +13,7 @@ from device.adaptation import Centring, blend_weight, centre, centre_vector, loa
 from device.bundle import read_bundle_meta
 from device.errors import BundleError
 from device.matcher import Matcher
+from device.matching import MatchingPolicy
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"
 
@@ -80,11 +81,28 @@ def test_centred_matcher_equals_brute_force() -> None:
         Matcher(emb, labels, threshold=0.0, centre=np.zeros(3, np.float32))
 
 
-def test_format_1_bundle_has_no_centring() -> None:
-    meta = read_bundle_meta(DEFAULT, verify_model_id=False)
-    if meta.adaptation is None:  # a format-1 default: nothing centred, today's behaviour
-        assert not Centring.from_meta(meta).enabled
-        assert load_cohort(DEFAULT, meta) is None
+def test_format_1_bundle_has_no_centring(tmp_path: Path) -> None:
+    """A bundle of format 1 (no adaptation block) still loads, and matches as before."""
+    data = json.loads((DEFAULT / "model.json").read_text())
+    data.pop("adaptation", None)
+    data["format_version"] = 1
+    bundle = tmp_path / "v1"
+    bundle.mkdir()
+    (bundle / "model.tflite").symlink_to(DEFAULT / "model.tflite")
+    (bundle / "model.json").write_text(json.dumps(data))
+    meta = read_bundle_meta(bundle)
+    assert meta.format_version == 1 and meta.adaptation is None
+    assert not Centring.from_meta(meta).enabled
+    assert load_cohort(bundle, meta) is None
+    policy = MatchingPolicy.from_bundle(bundle, meta)
+    m, decision = policy.build(np.eye(3, meta.output.embedding_dim, dtype=np.float32), list("abc"))
+    assert m.centre is None and decision.value == meta.threshold
+    assert decision.source == "the model bundle"
+    # A format this device does not know is refused with what to do.
+    data["format_version"] = 3
+    (bundle / "model.json").write_text(json.dumps(data))
+    with pytest.raises(BundleError, match="update the device software"):
+        read_bundle_meta(bundle)
 
 
 def _bundle_with_cohort(tmp_path: Path, cohort: np.ndarray, sha: str | None = None) -> Path:
