@@ -18,6 +18,7 @@ from device.exitcodes import (
     exit_code_for,
 )
 
+from .adaptation import DEFAULT_COHORT_SIZE
 from .calibration import DEFAULT_MAX_IMAGES
 from .latency import DEFAULT_RUNS
 from .parity import DEFAULT_MIN_COSINE
@@ -80,6 +81,20 @@ def build_parser() -> argparse.ArgumentParser:
         type=int,
         default=DEFAULT_RUNS,
         help="timed runs per thread count (default: %(default)s)",
+    )
+    p.add_argument(
+        "--adapt",
+        action=argparse.BooleanOptionalAction,
+        default=None,
+        help="write the domain mean and cohort the device adapts matching with (bundle format "
+        "2); default: on for pooled-feature runs (`training generalise`), off otherwise",
+    )
+    p.add_argument(
+        "--cohort-size",
+        type=int,
+        default=DEFAULT_COHORT_SIZE,
+        help="calibration images kept as the cohort for the adaptive threshold "
+        "(default: %(default)s)",
     )
     p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
     p.add_argument("-q", "--quiet", action="store_true", help="warnings and errors only")
@@ -149,6 +164,8 @@ def main(argv: list[str] | None = None) -> int:
             resize=args.resize,
             input_size=args.input_size,
             latency_runs=args.latency_runs,
+            adapt=args.adapt,
+            cohort_size=args.cohort_size,
         )
     except KeyboardInterrupt:
         return _interrupted()

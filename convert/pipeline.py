@@ -32,6 +32,7 @@ from device.bundle import (
 from device.files import replace_dir, staging_dir
 
 from . import calibration as cal
+from .adaptation import DEFAULT_COHORT_SIZE, compute_adaptation
 from .latency import DEFAULT_RUNS, measure_latency
 from .parity import (
     DEFAULT_MIN_COSINE,
@@ -80,8 +81,14 @@ def convert_run(
     input_size: int | None = None,
     latency_runs: int = DEFAULT_RUNS,
     latency_threads: Sequence[int] = (1, 2),
+    adapt: bool | None = None,
+    cohort_size: int = DEFAULT_COHORT_SIZE,
 ) -> Path:
     """Convert SRC (a RUN_DIR or an extractor .keras) into a bundle folder `out_dir`.
+
+    `adapt` writes the format-2 `adaptation` block (domain mean and cohort, from the calibration
+    images through the converted model; see convert/adaptation.py); None: on for runs whose
+    embedding is the backbone's pooled features (`training generalise`), off otherwise.
 
     Raises ValueError for bad arguments or inputs, ParityError when the parity check fails (and
     `force` is false), ConvertError when TensorFlow's converter fails. Returns `out_dir`.
@@ -200,10 +207,21 @@ def convert_run(
                 report["mean_cosine"],
                 min_cosine,
             )
+        if adapt is None:
+            adapt = source.embedding_kind == "pooled"
+        adaptation = None
+        if adapt:
+            adaptation = compute_adaptation(
+                staging,
+                cal.load_images(selected).images,
+                cohort_size=cohort_size,
+                source=f"{len(selected)} images of {calibration_dir}",
+            )
         meta = dataclasses.replace(
             meta,
             provenance=_provenance(source, quant, forced=report["forced"]),
             parity=_parity_summary(report),
+            adaptation=adaptation,
         )
         write_bundle_meta(staging, meta)
         report["quantization"] = quant

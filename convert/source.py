@@ -30,6 +30,7 @@ class Source:
     embedding_dim: int | None = None  # from config.json: the extractor's output must have it
     threshold: float | None = None
     threshold_info: dict[str, Any] = field(default_factory=dict)
+    embedding_kind: str = "projection"  # "pooled": the backbone's features (training generalise)
 
 
 def _is_count(value: object) -> bool:
@@ -150,6 +151,7 @@ def resolve_source(
         else None,
         threshold=threshold,
         threshold_info=threshold_info,
+        embedding_kind=str(model.get("embedding", "projection")),
     )
 
 

@@ -211,10 +211,23 @@ class DeviceApp(Closing):
         return self.embedder
 
     def threshold(self) -> tuple[float, str]:
-        """The threshold in force and where it comes from."""
-        from .service import matching_threshold
+        """The threshold in force and where it comes from: the running loop's (it follows the
+        products), or the one the loop would set for the products stored now."""
+        rec = getattr(self.service, "recognizer", None)
+        if rec is not None:
+            decision = rec.decision
+        else:
+            emb, labels = self.gallery().load(self.model_id)
+            decision = self._matcher_for(emb, labels)[1]
+        return decision.value, f"{decision.source}: {decision.reason}"
 
-        return matching_threshold(self.config, self.embedder)
+    def _matcher_for(self, emb: np.ndarray, labels: list[str]) -> tuple[Any, Any]:
+        from .service import matching_policy
+
+        policy = matching_policy(self.config, self.embedder)
+        if not labels:
+            emb = np.zeros((0, 1), np.float32)
+        return policy.build(emb, labels)
 
     def _current_embeddings(self) -> tuple[np.ndarray, list[str]]:
         g = self.gallery()
@@ -225,12 +238,17 @@ class DeviceApp(Closing):
 
     def check(self) -> CheckReport:
         """Each product's nearest look-alike and own-view agreement, with the threshold in force."""
+        from .adaptation import centre
         from .audit import check_products, reject_all_threshold
 
-        threshold, source = self.threshold()
         emb, labels = self._current_embeddings()
-        checks = check_products(emb, labels) if labels else []
-        return CheckReport(threshold, source, checks, reject_all_threshold(checks))
+        matcher, decision = self._matcher_for(emb, labels)
+        if decision.source == "the model bundle" and matcher.centre is not None:
+            logger.warning("adaptive threshold not in force: %s", decision.reason)
+        # Scores as the matcher compares them (centred for bundles that centre).
+        checks = check_products(centre(emb, matcher.centre), labels) if labels else []
+        source = f"{decision.source}: {decision.reason}"
+        return CheckReport(decision.value, source, checks, reject_all_threshold(checks))
 
     def enroll_images(
         self,

@@ -46,7 +46,9 @@ from typing import Any
 from .errors import BundleError
 
 FORMAT = "prodrec-bundle"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2
+# Version 1 bundles (no `adaptation`) still load: the device then matches as it always did.
+READABLE_VERSIONS = (1, 2)
 META_FILE = "model.json"
 MODEL_FILE = "model.tflite"
 
@@ -107,6 +109,29 @@ class Provenance:
 
 
 @dataclass(frozen=True)
+class Adaptation:
+    """What the device needs to adapt matching to its own products, without retraining (format 2).
+
+    - `domain_mean`: the mean unit embedding of the training domain's images. Pooled CNN features
+      share a large common component (every cosine is high); the device subtracts a mean before
+      matching, starting from this one and blending in its own enrolled views' mean as the
+      gallery grows: mu = w * gallery_mean + (1 - w) * domain_mean, w = n_views / (n_views +
+      `prior_views`) (see device/adaptation.py).
+    - `cohort_file`: an (M, D) float16 .npy of unit embeddings of training-domain images (never
+      a shop's products): stand-ins for "products that were never enrolled" when the device sets
+      its unknown threshold by itself (device/threshold_rule.py), with `target_far` the share of
+      them it may accept.
+    """
+
+    domain_mean: tuple[float, ...]
+    prior_views: float = 50.0
+    cohort_file: str | None = None
+    cohort_sha256: str | None = None
+    target_far: float = 0.01
+    source: str = ""
+
+
+@dataclass(frozen=True)
 class BundleMeta:
     name: str
     model_id: str
@@ -119,10 +144,15 @@ class BundleMeta:
     parity: dict[str, Any] = field(default_factory=dict)
     model_file: str = MODEL_FILE
     format_version: int = FORMAT_VERSION
+    adaptation: Adaptation | None = None
 
     def to_dict(self) -> dict[str, Any]:
         data = asdict(self)
         data["classes"] = list(self.classes)
+        if self.adaptation is None:
+            del data["adaptation"]
+        else:
+            data["adaptation"]["domain_mean"] = [round(v, 7) for v in self.adaptation.domain_mean]
         return {"format": FORMAT, **data}
 
     @classmethod
@@ -274,10 +304,11 @@ def _parse(data: Any, where: str) -> BundleMeta:
     if data.get("format") != FORMAT:
         raise BundleError(f"{where}: not a {FORMAT} model.json (format={data.get('format')!r})")
     version = _req(data, "format_version", where)
-    if version != FORMAT_VERSION:
+    if version not in READABLE_VERSIONS:
         raise BundleError(
             f"{where}: format_version {version!r} is not supported (this device reads "
-            f"{FORMAT_VERSION}); update the device software or convert with a matching version"
+            f"{', '.join(map(str, READABLE_VERSIONS))}); update the device software or convert "
+            "with a matching version"
         )
 
     inp = _check_keys(
@@ -369,4 +400,40 @@ def _parse(data: Any, where: str) -> BundleMeta:
         parity=_object(data.get("parity"), f"{where}.parity"),
         model_file=model_file,
         format_version=version,
+        adaptation=_adaptation(data.get("adaptation"), output_spec.embedding_dim, where),
+    )
+
+
+def _adaptation(data: Any, dim: int, where: str) -> Adaptation | None:
+    if data is None:
+        return None
+    where = f"{where}.adaptation"
+    data = _check_keys(data, set(Adaptation.__dataclass_fields__), where)
+    mean = _req(data, "domain_mean", where)
+    if not isinstance(mean, list) or len(mean) != dim:
+        raise BundleError(
+            f"{where}.domain_mean must be a list of {dim} numbers (the embedding size)"
+        )
+    values = tuple(_finite(v, f"{where}.domain_mean") for v in mean)
+    prior = _finite(data.get("prior_views", 50.0), f"{where}.prior_views")
+    if prior < 0:
+        raise BundleError(f"{where}.prior_views must be >= 0, got {prior}")
+    far = _finite(data.get("target_far", 0.01), f"{where}.target_far")
+    if not 0.0 < far < 0.5:
+        raise BundleError(f"{where}.target_far must be in (0, 0.5), got {far}")
+    cohort = data.get("cohort_file")
+    if cohort is not None and (not isinstance(cohort, str) or "/" in cohort or "\\" in cohort):
+        raise BundleError(
+            f"{where}.cohort_file must be a file name inside the bundle, got {cohort!r}"
+        )
+    sha = data.get("cohort_sha256")
+    if sha is not None and not (isinstance(sha, str) and len(sha) == 64):
+        raise BundleError(f"{where}.cohort_sha256 must be a sha256 hex digest, got {sha!r}")
+    return Adaptation(
+        domain_mean=values,
+        prior_views=prior,
+        cohort_file=cohort,
+        cohort_sha256=sha,
+        target_far=far,
+        source=str(data.get("source", "")),
     )

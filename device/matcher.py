@@ -9,6 +9,9 @@ views of 128 dimensions. `product_scores` (every product's score, for evaluation
     "known"      best product's score >= threshold and ahead of the runner-up by >= the margin
     "ambiguous"  above the threshold but the best two products are closer than the margin
     "unknown"    best score below the threshold (or no products at all)
+
+With `centre` (a mean embedding, see device/adaptation.py), views and queries are matched as
+unit vectors of (x - centre): the scores are cosines of the centred embeddings.
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ class Matcher:
         *,
         threshold: float,
         ambiguity_margin: float = 0.0,
+        centre: np.ndarray | None = None,
     ) -> None:
         emb = np.asarray(embeddings, dtype=np.float32)
         if emb.ndim != 2:
@@ -58,6 +62,9 @@ class Matcher:
         self.threshold = float(threshold)
         self.ambiguity_margin = float(ambiguity_margin)
         self.dim = emb.shape[1]
+        self.centre = None if centre is None else np.asarray(centre, dtype=np.float32).reshape(-1)
+        if self.centre is not None and self.centre.shape[0] != self.dim:
+            raise ValueError(f"centre has {self.centre.shape[0]} values, the views {self.dim}")
         # Products in first-seen order; views grouped by product (stable sort keeps view order).
         order: dict[str, int] = {}
         codes = np.fromiter(
@@ -65,7 +72,7 @@ class Matcher:
         )
         self.products: list[str] = list(order)
         perm = np.argsort(codes, kind="stable")
-        self._emb = np.ascontiguousarray(l2_normalize(emb[perm])) if len(perm) else emb
+        self._emb = np.ascontiguousarray(self._unit(emb[perm])) if len(perm) else emb
         sorted_codes = codes[perm]
         self._starts = (
             np.flatnonzero(np.r_[True, sorted_codes[1:] != sorted_codes[:-1]])
@@ -74,6 +81,13 @@ class Matcher:
         )
         self._ends = np.r_[self._starts[1:], len(perm)].astype(np.int64)
         self._view_product = np.repeat(np.arange(len(self._starts)), self._ends - self._starts)
+
+    def _unit(self, x: np.ndarray) -> np.ndarray:
+        """Rows as the matcher compares them: unit vectors, centred when a centre is set."""
+        x = l2_normalize(x)
+        if self.centre is None:
+            return x
+        return l2_normalize(x - self.centre)
 
     @property
     def n_views(self) -> int:
@@ -84,13 +98,25 @@ class Matcher:
 
     def product_scores(self, queries: np.ndarray) -> tuple[list[str], np.ndarray]:
         """(products, (Q, P) best-view cosine similarity of each query to each product)."""
-        q = l2_normalize(np.atleast_2d(queries))
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
         if q.shape[1] != self.dim:
             raise ValueError(f"query has {q.shape[1]} dimensions, the stored views {self.dim}")
         if not self.products:
             return [], np.zeros((q.shape[0], 0), dtype=np.float32)
-        sims = q @ self._emb.T
+        sims = self._unit(q) @ self._emb.T
         return list(self.products), np.maximum.reduceat(sims, self._starts, axis=1)
+
+    @property
+    def view_labels(self) -> list[str]:
+        """The product of each view, in the order of `view_scores`' columns."""
+        return [self.products[i] for i in self._view_product]
+
+    def view_scores(self, queries: np.ndarray) -> np.ndarray:
+        """(Q, N) cosine of each query to each stored view, as `match` scores them."""
+        q = np.atleast_2d(np.asarray(queries, dtype=np.float32))
+        if q.shape[1] != self.dim:
+            raise ValueError(f"query has {q.shape[1]} dimensions, the stored views {self.dim}")
+        return self._unit(q) @ self._emb.T
 
     def match(self, query: np.ndarray) -> Match:
         query = np.asarray(query, dtype=np.float32).reshape(-1)
@@ -98,7 +124,7 @@ class Matcher:
             raise ValueError(f"query has {query.shape[0]} dimensions, the stored views {self.dim}")
         if not self.products:
             return Match(None, UNKNOWN, -1.0, "", None, None)
-        q = l2_normalize(query)
+        q = self._unit(query)
         sims = self._emb @ q
         view = int(np.argmax(sims))
         best = int(self._view_product[view])

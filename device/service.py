@@ -25,6 +25,7 @@ from typing import Any, TextIO
 
 import numpy as np
 
+from .adaptation import Centring
 from .background import BackgroundDetector, Detection
 from .camera import FrameSource
 from .commands import (
@@ -43,7 +44,8 @@ from .errors import CameraError, ProductNotFound
 from .events import Event, EventBus, new_event_id
 from .framehub import FrameHub, FrameSnapshot
 from .gallery import EmbedderLike, Gallery, encode_jpeg, utc_now
-from .matcher import KNOWN, Match, Matcher
+from .matcher import KNOWN, Match
+from .matching import MatchingPolicy
 from .placement import Action, PlacementTracker, State
 from .sinks import CropSink, EventLogSink, StdoutSink
 
@@ -80,19 +82,33 @@ def make_notifier() -> Any:
     return Notifier()
 
 
-def matching_threshold(config: Config, embedder: EmbedderLike) -> tuple[float, str]:
-    """The threshold the matcher uses and where it comes from: [matcher] threshold when set,
-    otherwise the bundle's calibrated one."""
-    if config.matcher.threshold is not None:
-        return float(config.matcher.threshold), "[matcher] threshold"
-    threshold = getattr(getattr(embedder, "meta", None), "threshold", None)
-    if threshold is None:
+def matching_policy(config: Config, embedder: EmbedderLike) -> MatchingPolicy:
+    """How the matcher is built for this bundle and configuration (device/matching.py): the
+    configured threshold if set, else the adaptive one (format-2 bundles), else the bundle's."""
+    meta = getattr(embedder, "meta", None)
+    bundle_dir = getattr(embedder, "bundle_dir", None)
+    fixed = config.matcher.threshold
+    margin = config.matcher.ambiguity_margin
+    if bundle_dir is not None and meta is not None and hasattr(meta, "adaptation"):
+        return MatchingPolicy.from_bundle(
+            bundle_dir, meta, fixed_threshold=fixed, ambiguity_margin=margin
+        )
+    # A model without a bundle folder (a test double): its threshold, nothing adaptive.
+    threshold = getattr(meta, "threshold", None)
+    if fixed is None and threshold is None:
         raise ValueError(
             "the model bundle has no calibrated threshold (model.json threshold is null): "
             "run `python -m training calibrate` before converting, or give --threshold T "
             "(or [matcher] threshold in the config)"
         )
-    return float(threshold), "the model bundle"
+    return MatchingPolicy(
+        centring=Centring.none(),
+        cohort=None,
+        target_far=0.01,
+        bundle_threshold=threshold,
+        fixed_threshold=fixed,
+        ambiguity_margin=margin,
+    )
 
 
 class Recognizer:
@@ -110,14 +126,14 @@ class Recognizer:
         self.gallery = gallery
         self.config = config
         self.notifier = notifier or NullNotifier()
-        self.threshold, _ = matching_threshold(config, embedder)
-        self.matcher = Matcher(
-            np.zeros((0, 1), np.float32),
-            [],
-            threshold=self.threshold,
-            ambiguity_margin=config.matcher.ambiguity_margin,
-        )
+        self.policy = matching_policy(config, embedder)
+        self.matcher, self.decision = self.policy.build(np.zeros((0, 1), np.float32), [])
         self.refresh(force=True)
+
+    @property
+    def threshold(self) -> float:
+        """The threshold in force (recomputed with the products when it is adaptive)."""
+        return self.decision.value
 
     def refresh(self, force: bool = False) -> bool:
         """Reload the views if the gallery changed (re-embedding views of an older model); True
@@ -132,13 +148,13 @@ class Recognizer:
         emb, labels = self.gallery.load(self.embedder.model_id)
         if not labels:
             emb = np.zeros((0, 1), np.float32)
-        self.matcher = Matcher(
-            emb,
-            labels,
-            threshold=self.threshold,
-            ambiguity_margin=self.config.matcher.ambiguity_margin,
+        self.matcher, self.decision = self.policy.build(emb, labels)
+        logger.info(
+            "%d products (%d views) loaded; threshold %s",
+            len(self.matcher),
+            self.matcher.n_views,
+            self.decision.describe(),
         )
-        logger.info("%d products (%d views) loaded", len(self.matcher), self.matcher.n_views)
         if stale:  # the re-embedding's progress line is over
             self.notifier.status(f"watching; {len(self.matcher)} products")
         return True
@@ -288,7 +304,10 @@ class Service:
                     failing = False
                     self.stats.recoveries += 1
                     logger.warning("the camera is back; recognising again")
-                    self.notifier.status(f"watching; {len(self.recognizer.matcher)} products")
+                    self.notifier.status(
+                        f"watching; {len(self.recognizer.matcher)} products; threshold "
+                        f"{self.recognizer.threshold:.3f} ({self.recognizer.decision.source})"
+                    )
                 self.camera_state = "ok"
                 backoff = cfg.retry_initial_s
                 self.stats.frames += 1

@@ -123,7 +123,7 @@ def calibration_split(
     """The run's classes' validation images -> ({class: sorted paths}, description of the source);
     with `unseen`, the images of the classes the run was not trained on."""
     classes = list(run_config.get("classes") or [])
-    if not classes:
+    if not classes and not unseen:  # (a model trained on no classes, e.g. ImageNet features)
         raise ValueError("config.json lists no classes; is this a RUN_DIR written by `fit`?")
     data_cfg = run_config.get("data") or {}
     if data_dir is None:

@@ -21,7 +21,7 @@ from .config import FitConfig, unfreeze_default
 
 logger = logging.getLogger(__name__)
 
-PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
+PLUGIN_MODULES = ("training.calibrate", "training.evaluate", "training.generalise")
 
 
 class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):

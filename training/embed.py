@@ -202,6 +202,13 @@ class BundleEmbedder(ImageEmbedder):
         self.dim = int(self._embedder.dim)
         self.threshold = meta.threshold
         self.threshold_info = dict(meta.threshold_info)
+        self.bundle_dir = Path(bundle_dir)
+
+    def matching_policy(self) -> Any:
+        """The device's MatchingPolicy for this bundle (centring and adaptive threshold)."""
+        from device.matching import MatchingPolicy
+
+        return MatchingPolicy.from_bundle(self.bundle_dir, self.meta, fixed_threshold=0.0)
 
     def embed_pixels_batch(self, pixels: np.ndarray) -> np.ndarray:
         return np.stack([self._embedder.embed_pixels(p) for p in pixels]).astype(np.float32)

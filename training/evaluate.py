@@ -18,6 +18,7 @@ queries and false-accept rate of unknown ones.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import datetime as _dt
 import json
 import logging
@@ -27,6 +28,8 @@ from pathlib import Path
 from typing import Any
 
 import numpy as np
+
+from device.adaptation import centre
 
 from . import metrics
 from .embed import ImageEmbedder, embed_split, open_model
@@ -153,6 +156,23 @@ def evaluate_embeddings(
     return result, arrays
 
 
+def _device_adaptation(
+    embedder: ImageEmbedder, enroll: np.ndarray, labels: Sequence[str]
+) -> tuple[np.ndarray | None, float, str] | None:
+    """(centre, threshold, why) the device would use for this gallery with a format-2 bundle;
+    None for Keras models and bundles without an adaptation block. The leave-class-out false
+    accepts at it are then slightly optimistic: the device would set the threshold without the
+    left-out product (bench/domains.py measures exactly that)."""
+    policy_of = getattr(embedder, "matching_policy", None)
+    if policy_of is None:
+        return None
+    policy = dataclasses.replace(policy_of(), fixed_threshold=None)
+    if not policy.adaptive:
+        return None
+    matcher, decision = policy.build(enroll, list(labels))
+    return matcher.centre, decision.value, decision.reason
+
+
 def _shared_files(a: Split, b: Split) -> list[Path]:
     def files(split: Split) -> set[Path]:
         return {Path(p).resolve() for paths in split.values() for p in paths}
@@ -250,6 +270,16 @@ def evaluate(
                 embedder, unknown_split, label="unknown", progress=progress
             )
         threshold_source = "--threshold"
+        adaptive = _device_adaptation(embedder, e_emb, e_lab)
+        if adaptive is not None:
+            # Format-2 bundle: match as the device does, on embeddings centred for this gallery,
+            # at the threshold the device would set for it (unless --threshold).
+            mu, device_threshold, why = adaptive
+            e_emb, q_emb = centre(e_emb, mu), centre(q_emb, mu)
+            if u_emb is not None:
+                u_emb = centre(u_emb, mu)
+            if threshold is None:
+                threshold, threshold_source = device_threshold, f"device (adaptive: {why})"
         if threshold is None:
             threshold = embedder.threshold
             threshold_source = "model" if threshold is not None else "none"

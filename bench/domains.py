@@ -1,0 +1,223 @@
+"""One benchmark over product domains: bundles through the device's own code, on every protocol.
+
+    python bench/domains.py BUNDLE [BUNDLE ...] [--reference REF_BUNDLE]
+        [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] [--cache runs/domain-cache]
+        [--row]
+
+For each bundle and each set (a `protocol.json` in the `training evaluate --protocol` format) the
+images are embedded with `device.embedder.Embedder` (the int8 model, the device's preprocessing),
+matched with the `device.matching.MatchingPolicy` the device builds from the bundle (centring,
+matcher, threshold rule), and scored:
+
+- P@1, MAP@R and leave-class-out AUROC of the matcher's scores, 4 enrollment shots per product;
+- accepted-and-right and false accepts at the threshold the device would use. Known queries are
+  matched against every product; a query as an unknown is matched against the gallery *without*
+  its product, with the threshold (and centre) the device would have computed for that gallery:
+  the product was never enrolled, so the device never saw it.
+- the same with 2, 5 and 15 products enrolled (random draws; queries of enrolled products are the
+  known ones, queries of every other product the unknowns).
+
+`--reference` is the ImageNet-features bundle measured in the same run, as a format-1 device
+would use it (raw cosines, its calibrated threshold; pass it among the BUNDLEs too to see it with
+the device's adaptation) (made by `python -m training
+generalise imagenet` + `python -m convert`, see docs/BENCHMARKS.md). Embeddings are cached per
+model id and set in --cache. Prints markdown tables; `--row` appends them to docs/BENCHMARKS.md
+with the command and commit.
+
+coil-dev and grozi-dev are evaluation data only: nothing here trains, calibrates or selects on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import shlex
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from device.adaptation import Centring  # noqa: E402
+from device.bundle import read_bundle_meta  # noqa: E402
+from device.embedder import Embedder  # noqa: E402
+from device.images import load_image  # noqa: E402
+from device.matching import MatchingPolicy  # noqa: E402
+from training.metrics import auroc, map_at_r, precision_at_1, predict  # noqa: E402
+from training.protocol import read_protocol  # noqa: E402
+
+SETS = ("grocery", "coil-dev", "grozi-dev")
+SUBSETS = (2, 5, 15)
+DRAWS = 20
+BENCHMARKS_MD = ROOT / "docs" / "BENCHMARKS.md"
+
+
+@dataclass
+class Split:
+    labels: np.ndarray
+    emb: np.ndarray
+
+
+def embed_set(bundle: Path, data: Path, name: str, cache: Path) -> tuple[Split, Split]:
+    meta = read_bundle_meta(bundle)
+    path = cache / f"{meta.model_id[:16]}-{name}.npz"
+    proto = read_protocol(data / name / "protocol.json")
+    if path.is_file():
+        z = np.load(path)
+        return Split(z["ey"], z["ex"]), Split(z["qy"], z["qx"])
+    out = {}
+    with Embedder(bundle) as embedder:
+        for key, split in (("e", proto.enroll), ("q", proto.query)):
+            labels = [p for p, fs in split.items() for _ in fs]
+            files = [f for fs in split.values() for f in fs]
+            started = time.monotonic()
+            out[f"{key}x"] = np.stack([embedder.embed(load_image(f)) for f in files])
+            out[f"{key}y"] = np.array(labels)
+            print(
+                f"  {meta.name} {name} {key}: {len(files)} images in "
+                f"{time.monotonic() - started:.0f} s",
+                file=sys.stderr,
+            )
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, **out)
+    return Split(out["ey"], out["ex"]), Split(out["qy"], out["qx"])
+
+
+def _scores(policy: MatchingPolicy, gallery: Split, queries: np.ndarray):
+    matcher, decision = policy.build(gallery.emb, list(gallery.labels))
+    products, scores = matcher.product_scores(queries)
+    return products, scores, decision.value, matcher
+
+
+def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[str, float]:
+    """All products enrolled; unknowns leave-class-out with the device's own threshold."""
+    products, scores, threshold, matcher = _scores(policy, enroll, query.emb)
+    predicted, best = predict(products, scores)
+    truth = list(query.labels)
+    index = {p: i for i, p in enumerate(products)}
+    own = np.array([index[t] for t in truth])
+    others = scores.copy()
+    others[np.arange(len(own)), own] = -np.inf
+    lco_same_gallery = others.max(axis=1)  # AUROC as training evaluate defines it
+    sim, view_labels = matcher.view_scores(query.emb), matcher.view_labels
+    right = np.array(predicted) == np.array(truth)
+    # The unknown side: each product left out of the gallery, threshold recomputed without it.
+    fa, thresholds = np.zeros(len(truth), bool), []
+    for p in products:
+        keep = enroll.labels != p
+        rows = query.labels == p
+        _, s, t, _ = _scores(policy, Split(enroll.labels[keep], enroll.emb[keep]), query.emb[rows])
+        fa[rows] = s.max(axis=1) >= t
+        thresholds.append(t)
+    return {
+        "p_at_1": precision_at_1(predicted, truth),
+        "map_at_r": map_at_r(sim, view_labels, truth),
+        "auroc": auroc(best, lco_same_gallery),
+        "threshold": threshold,
+        "accepted_right": float(np.mean(right & (best >= threshold))),
+        "false_accept": float(np.mean(fa)),
+        "threshold_lco_range": (float(min(thresholds)), float(max(thresholds))),
+    }
+
+
+def evaluate_subsets(
+    policy: MatchingPolicy, enroll: Split, query: Split, n: int, seed: int = 0
+) -> dict[str, float]:
+    """`n` products enrolled (random draws): AR on their queries, FA on every other product's."""
+    rng = np.random.default_rng(seed)
+    all_products = sorted(set(enroll.labels))
+    ar, fa, ts = [], [], []
+    for _ in range(DRAWS):
+        chosen = rng.choice(all_products, n, replace=False)
+        g = np.isin(enroll.labels, chosen)
+        known = np.isin(query.labels, chosen)
+        products, s, t, _ = _scores(policy, Split(enroll.labels[g], enroll.emb[g]), query.emb)
+        predicted, best = predict(products, s)
+        right = np.array(predicted)[known] == query.labels[known]
+        ar.append(float(np.mean(right & (best[known] >= t))))
+        fa.append(float(np.mean(best[~known] >= t)))
+        ts.append(t)
+    return {"accepted_right": float(np.mean(ar)), "false_accept": float(np.mean(fa)), "t": ts}
+
+
+def _commit() -> str:
+    try:
+        out = subprocess.run(
+            ["git", "-C", str(ROOT), "rev-parse", "--short", "HEAD"],
+            capture_output=True,
+            text=True,
+            check=True,
+        )
+        dirty = subprocess.run(
+            ["git", "-C", str(ROOT), "status", "--porcelain", "--untracked-files=no"],
+            capture_output=True,
+            text=True,
+            check=True,
+        ).stdout.strip()
+        return out.stdout.strip() + ("+dirty" if dirty else "")
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown"
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("bundles", nargs="+", type=Path, help="model bundles to measure")
+    p.add_argument("--reference", type=Path, help="the ImageNet-features bundle")
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
+    p.add_argument("--row", action="store_true", help="append the tables to docs/BENCHMARKS.md")
+    args = p.parse_args(argv)
+    sets = [s for s in args.sets.split(",") if s]
+    runs = [(b, False) for b in args.bundles]
+    if args.reference:
+        runs.insert(0, (args.reference, True))
+    lines = [
+        f"Run of {time.strftime('%Y-%m-%d %H:%M', time.gmtime())} UTC, commit {_commit()}: "
+        f"`python bench/domains.py {shlex.join(str(a) for a in (argv or sys.argv[1:]))}`",
+        "",
+        "| model | set | P@1 | MAP@R | AUROC | threshold (all enrolled) | accepted & right | "
+        "false accepts | AR / FA, 2 products | 5 products | 15 products |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for bundle, plain in runs:
+        meta = read_bundle_meta(bundle)
+        policy = MatchingPolicy.from_bundle(bundle, meta)
+        label = meta.name
+        if plain:  # the reference as the issue measured it: raw cosines, the bundle's threshold
+            policy = dataclasses.replace(policy, centring=Centring.none(), cohort=None)
+            label += " (reference: raw cosine, calibrated threshold)"
+        for name in sets:
+            enroll, query = embed_set(bundle, args.data, name, args.cache)
+            r = evaluate_all(policy, enroll, query)
+            subs = []
+            n_products = len(set(enroll.labels))
+            for n in SUBSETS:
+                if n >= n_products:
+                    subs.append("-")
+                    continue
+                s = evaluate_subsets(policy, enroll, query, n)
+                subs.append(f"{s['accepted_right']:.3f} / {100 * s['false_accept']:.1f}%")
+            lo, hi = r["threshold_lco_range"]
+            lines.append(
+                f"| {label} | {name} | {r['p_at_1']:.3f} | {r['map_at_r']:.3f} | {r['auroc']:.3f} "
+                f"| {r['threshold']:.3f} ({lo:.3f}-{hi:.3f} left out) | {r['accepted_right']:.3f} "
+                f"| {100 * r['false_accept']:.1f}% | " + " | ".join(subs) + " |"
+            )
+            print(lines[-1], flush=True)
+    text = "\n".join(lines) + "\n"
+    print()
+    print(text)
+    if args.row:
+        with BENCHMARKS_MD.open("a", encoding="utf-8") as fh:
+            fh.write("\n" + text)
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
