@@ -355,6 +355,8 @@ def open_source(
     "/dev/video0", /dev/v4l/...    -> OpenCVSource(V4L2 camera device)
     an existing directory          -> FolderSource (paced to fps when `realtime`)
     "synthetic:PHOTOS_DIR[:SEED]"  -> a generated scene (device.synthetic)
+    "synthetic-live:PHOTOS_DIR"    -> the same kind of scene, endless and paced to fps (a stand-in
+                                      camera for trying the web page)
     anything else                  -> OpenCVSource (video file or URL)
     """
     spec = spec.strip()
@@ -362,6 +364,10 @@ def open_source(
         return Picamera2Source(width=width, height=height, fps=fps)
     if spec.isdigit():
         return OpenCVSource(int(spec), width=width, height=height, fps=fps)
+    if spec.startswith("synthetic-live:"):
+        from .synthetic import live_synthetic_source_from_spec
+
+        return live_synthetic_source_from_spec(spec, width=width, height=height, fps=fps)
     if spec.startswith("synthetic:"):
         from .synthetic import synthetic_source_from_spec
 

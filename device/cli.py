@@ -150,6 +150,20 @@ def build_parser() -> argparse.ArgumentParser:
     gevents.add_argument(
         "--limit", type=_positive_int, default=20, help="how many, newest last (default 20)"
     )
+
+    web = sub.add_parser("web", help="the web page served by `run` (password)")
+    wsub = web.add_subparsers(dest="action", required=True)
+    wpass = wsub.add_parser(
+        "set-password",
+        parents=[common],
+        help="set the web page's password (stored as a salted hash; required for [web] host "
+        "beyond 127.0.0.1); restart the service afterwards",
+    )
+    wpass.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of asking twice",
+    )
     return parser
 
 
@@ -481,7 +495,40 @@ def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "enroll": cmd_enroll, "products": cmd_products, "gallery": cmd_gallery}
+def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
+    import getpass
+
+    from .web.password import password_path, write_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New web page password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ: nothing was changed")
+    path = password_path(cfg)
+    try:
+        write_password(path, password)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write {path}: {exc.strerror or exc} (run it as the service's user, e.g. "
+            "`sudo prodrec web set-password`)"
+        ) from exc
+    print(
+        f"web password stored in {path}; restart the service to use it "
+        "(sudo systemctl restart prodrec)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "enroll": cmd_enroll,
+    "products": cmd_products,
+    "gallery": cmd_gallery,
+    "web": cmd_web,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
