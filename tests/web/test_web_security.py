@@ -1,0 +1,130 @@
+"""The web page's password file, sessions, CSRF and login limiting (no web framework needed)."""
+
+from __future__ import annotations
+
+import stat
+from pathlib import Path
+
+import pytest
+
+from device.config import Config, ConfigError, config_from_dict
+from device.web.password import (
+    check_bind_allowed,
+    hash_password,
+    is_local_host,
+    password_path,
+    read_password_hash,
+    verify_password,
+    write_password,
+)
+from device.web.security import LoginLimiter, Sessions, csrf_ok
+
+
+def _config(tmp_path: Path, **web: object) -> Config:
+    return config_from_dict({"gallery": {"path": str(tmp_path / "g.db")}, "web": web})
+
+
+def test_hash_is_salted_and_verifies() -> None:
+    a, b = hash_password("correct horse"), hash_password("correct horse")
+    assert a != b  # a fresh salt each time
+    assert a.startswith("scrypt$") and "correct" not in a
+    assert verify_password("correct horse", a) and verify_password("correct horse", b)
+    assert not verify_password("correct horsE", a)
+    assert not verify_password("correct horse", "scrypt$garbage")
+    with pytest.raises(ValueError, match="at least 8"):
+        hash_password("short")
+
+
+def test_password_file_beside_the_database_owner_only(tmp_path: Path) -> None:
+    cfg = _config(tmp_path)
+    path = password_path(cfg)
+    assert path == tmp_path / "web-password"
+    assert read_password_hash(path) is None
+    write_password(path, "s3cret-pass")
+    assert stat.S_IMODE(path.stat().st_mode) == 0o600
+    stored = read_password_hash(path)
+    assert stored is not None and verify_password("s3cret-pass", stored)
+    assert not list(tmp_path.glob(".*tmp"))  # written whole, nothing left behind
+    other = _config(tmp_path, password_file=str(tmp_path / "elsewhere"))
+    assert password_path(other) == tmp_path / "elsewhere"
+    (tmp_path / "elsewhere").write_text("not a hash")
+    with pytest.raises(ValueError, match="set-password"):
+        read_password_hash(tmp_path / "elsewhere")
+
+
+def test_non_local_bind_needs_a_password(tmp_path: Path) -> None:
+    assert check_bind_allowed(_config(tmp_path)) is None  # 127.0.0.1 without password: fine
+    public = _config(tmp_path, host="0.0.0.0")
+    with pytest.raises(ValueError, match="set-password"):
+        check_bind_allowed(public)
+    write_password(password_path(public), "s3cret-pass")
+    stored = check_bind_allowed(public)
+    assert stored is not None and verify_password("s3cret-pass", stored)
+    # With a password, the local server requires it too.
+    assert check_bind_allowed(_config(tmp_path)) == stored
+
+
+@pytest.mark.parametrize(
+    ("host", "local"),
+    [
+        ("127.0.0.1", True),
+        ("127.0.0.5", True),
+        ("localhost", True),
+        ("::1", True),
+        ("[::1]", True),
+        ("0.0.0.0", False),
+        ("192.168.1.20", False),
+        ("::", False),
+        ("evil.example", False),
+    ],
+)
+def test_is_local_host(host: str, local: bool) -> None:
+    assert is_local_host(host) is local
+
+
+def test_web_config_ranges() -> None:
+    assert Config().web.host == "127.0.0.1" and Config().web.port == 8080
+    assert Config().web.enabled
+    with pytest.raises(ConfigError, match="port"):
+        config_from_dict({"web": {"port": 80}})
+    with pytest.raises(ConfigError, match="live_fps"):
+        config_from_dict({"web": {"live_fps": 0}})
+    with pytest.raises(ConfigError, match="unknown key"):
+        config_from_dict({"web": {"passwd": "x"}})
+
+
+def test_sessions_expire_and_are_bounded() -> None:
+    now = [0.0]
+    sessions = Sessions(60.0, clock=lambda: now[0])
+    s = sessions.create()
+    assert sessions.get(s.token) is s and s.csrf != s.token
+    assert sessions.get("nope") is None and sessions.get(None) is None
+    now[0] = 61.0
+    assert sessions.get(s.token) is None
+    many = [sessions.create() for _ in range(300)]
+    assert sessions.get(many[0].token) is None  # the oldest dropped
+    assert sessions.get(many[-1].token) is many[-1]
+    sessions.drop(many[-1].token)
+    assert sessions.get(many[-1].token) is None
+
+
+def test_csrf_comparison() -> None:
+    assert csrf_ok("abc", "abc")
+    assert not csrf_ok("abc", "abd") and not csrf_ok("abc", None) and not csrf_ok("abc", "")
+
+
+def test_login_limiter_window() -> None:
+    now = [0.0]
+    limiter = LoginLimiter(3, 60.0, clock=lambda: now[0])
+    for _ in range(3):
+        assert limiter.retry_after("1.2.3.4") == 0
+        limiter.failed("1.2.3.4")
+    assert limiter.retry_after("1.2.3.4") == pytest.approx(60.0)
+    assert limiter.retry_after("5.6.7.8") == 0  # per client
+    now[0] = 30.0
+    assert limiter.retry_after("1.2.3.4") == pytest.approx(30.0)
+    now[0] = 60.5
+    assert limiter.retry_after("1.2.3.4") == 0
+    limiter.failed("1.2.3.4")
+    limiter.succeeded("1.2.3.4")
+    assert limiter.retry_after("1.2.3.4") == 0
