@@ -15,6 +15,7 @@ from collections.abc import Callable
 from typing import Any
 
 from ..config import Config
+from .crops import CropFiles
 from .live import FrameEncoder, LiveFeed
 from .password import is_local_host
 from .security import CSRF_HEADER, SESSION_COOKIE, LoginLimiter, Session, Sessions, csrf_ok
@@ -57,6 +58,7 @@ class WebContext:
             app.hub, max_width=config.web.live_width, quality=config.web.jpeg_quality
         )
         self.feed = LiveFeed()
+        self.crop_files = CropFiles(config.service.save_crops)
         self.stopping = threading.Event()  # set when the server shuts down: streams end
         self.started = time.monotonic()
 

@@ -38,7 +38,13 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..commands import CancelEnroll, CaptureView, FinishEnroll, StartEnroll
-from ..errors import DeviceError, LoopNotRunning, ProductExists, ProductNotFound
+from ..errors import (
+    DeviceError,
+    LoopNotRunningError,
+    NearDuplicateView,
+    ProductExists,
+    ProductNotFound,
+)
 from . import assets
 from .context import Denied, WebContext
 from .jsonable import jsonable
@@ -504,11 +510,13 @@ class Api:
             raise ValueError(f"status must be one of {', '.join(STATUSES)}")
         return {"product": product, "status": status}
 
-    @staticmethod
-    def _event_json(event: Any) -> dict[str, Any]:
+    def _event_json(self, event: Any) -> dict[str, Any]:
         item = jsonable(event)
         item.pop("crop_file", None)  # a path on the device: the API gives a URL instead
-        item["crop_url"] = f"/api/events/{event.id}/crop.jpg" if event.crop_file else None
+        item["crop_url"] = None
+        if event.crop_file:
+            self.ctx.crop_files.remember(event.id, event.crop_file)
+            item["crop_url"] = f"/api/events/{event.id}/crop.jpg"
         return item
 
     async def events(self, request: Request) -> Response:
@@ -547,11 +555,12 @@ class Api:
         )
 
     async def event_crop(self, request: Request) -> Response:
-        """An event's saved crop (JPEG; events recognised with [service] save_crops on)."""
+        """An event's crop (JPEG): a recent recognition's, or the crop saved with [service]
+        save_crops of an event listed by GET /api/events."""
         event_id = request.path_params["event_id"]
         jpeg = self.ctx.feed.crop(event_id)
         if jpeg is None:
-            jpeg = await run_in_threadpool(self.app.event_crop_jpeg, event_id)
+            jpeg = await run_in_threadpool(self.ctx.crop_files.read, event_id)
         if jpeg is None:
             return error(404, "no crop was saved for this event")
         return Response(jpeg, media_type="image/jpeg", headers={"Cache-Control": "max-age=3600"})
@@ -631,13 +640,15 @@ def on_error(request: Request, exc: Exception) -> Response:
     """Map the device's exceptions to HTTP answers whose message tells the user what to do."""
     if isinstance(exc, UploadError):
         return error(exc.status, str(exc))
+    if isinstance(exc, HTTPException):  # e.g. the form parser's "Too many files"
+        return error(exc.status_code, str(exc.detail))
     if isinstance(exc, ProductNotFound):
         return error(404, str(exc))
     if isinstance(exc, ProductExists):
         return error(409, str(exc))
-    if type(exc).__name__ == "NearDuplicateView":
+    if isinstance(exc, NearDuplicateView):
         return error(409, str(exc))
-    if isinstance(exc, LoopNotRunning):
+    if isinstance(exc, LoopNotRunningError):
         return error(503, str(exc))
     if isinstance(exc, TimeoutError):
         return error(504, str(exc))
