@@ -527,6 +527,7 @@ class Api:
         items = await run_in_threadpool(
             lambda: self.app.events(limit=limit, offset=offset, **filters)
         )
+        items = items[::-1]  # DeviceApp gives them oldest first; the page lists newest first
         return JSONResponse(
             {"limit": limit, "offset": offset, "events": [self._event_json(e) for e in items]}
         )
@@ -536,6 +537,7 @@ class Api:
         limit = _int_param(request, "limit", 10_000, 1, 100_000)
         filters = self._filters(request)
         items = await run_in_threadpool(lambda: self.app.events(limit=limit, offset=0, **filters))
+        items = items[::-1]  # DeviceApp gives them oldest first
         buf = io.StringIO()
         writer = csv.writer(buf)
         writer.writerow(CSV_FIELDS)
@@ -571,6 +573,9 @@ class Api:
         """Model, threshold and its source, camera, fps, counts, uptime, database size, free
         disk, event outputs; and the web server's own figures."""
         status = jsonable(await run_in_threadpool(self.app.status))
+        spec = getattr(self.app.meta, "input", None)
+        if isinstance(status.get("model"), dict) and spec is not None:
+            status["model"]["input_size"] = f"{spec.width}x{spec.height}"
         status["web"] = {
             "host": self.ctx.web.host,
             "port": self.ctx.web.port,

@@ -35,7 +35,7 @@ async function api(method, path, body) {
     opts.body = JSON.stringify(body);
   }
   const resp = await fetch(path, opts);
-  if (resp.status === 401) { showLogin(); throw new Error("log in first"); }
+  if (resp.status === 401 && path !== "/api/login") { showLogin(); throw new Error("log in first"); }
   const type = resp.headers.get("Content-Type") || "";
   const data = type.includes("json") ? await resp.json() : await resp.text();
   if (!resp.ok) throw new Error((data && data.error) || `${resp.status} ${resp.statusText}`);
@@ -362,11 +362,27 @@ $("#events-older").addEventListener("click", () => { state.eventsOffset += PAGE;
 
 // --- status ---------------------------------------------------------------------------------------
 
+function fmtValue(key, v) {
+  if (Array.isArray(v)) return v.join(", ");
+  if (typeof v !== "number") return String(v);
+  if (key.endsWith("_bytes")) {
+    const units = ["B", "KB", "MB", "GB", "TB"];
+    let i = 0, x = v;
+    while (x >= 1000 && i < units.length - 1) { x /= 1000; i++; }
+    return `${x.toFixed(i ? 1 : 0)} ${units[i]}`;
+  }
+  if (key.endsWith("uptime_s")) {
+    const h = Math.floor(v / 3600), m = Math.floor((v % 3600) / 60), s = Math.floor(v % 60);
+    return `${h} h ${m} min ${s} s`;
+  }
+  return Number.isInteger(v) ? String(v) : String(Number(v.toFixed(4)));
+}
+
 function flatten(obj, prefix = "", out = []) {
   for (const [k, v] of Object.entries(obj)) {
     const key = prefix ? `${prefix}.${k}` : k;
     if (v && typeof v === "object" && !Array.isArray(v)) flatten(v, key, out);
-    else out.push([key, Array.isArray(v) ? v.join(", ") : String(v)]);
+    else out.push([key, fmtValue(key, v)]);
   }
   return out;
 }
