@@ -74,7 +74,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_source.add_argument(
         "--source",
         help='frame source (overrides [camera] source): "picamera2", a camera index or device '
-        '(/dev/video0), a video file, a URL, a folder of images, or "synthetic:PHOTOS_DIR"',
+        '(/dev/video0), a video file, a URL, a folder of images, "synthetic:PHOTOS_DIR" (a '
+        'generated scene) or "synthetic-live:PHOTOS_DIR" (the same, endless, in real time)',
     )
 
     parser = argparse.ArgumentParser(
@@ -91,6 +92,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="save each event's crop as JPEG in this folder (created if missing; must be writable)",
     )
     run.add_argument("--threshold", type=float, help="override the matching threshold")
+    run.add_argument(
+        "--no-web", action="store_true", help="do not serve the web page ([web] enabled = false)"
+    )
 
     enroll = sub.add_parser(
         "enroll", parents=[common, with_source], help="add a product (camera-guided or from photos)"
@@ -184,6 +188,8 @@ def _config(args: argparse.Namespace) -> Config:
             cfg = cfg.replace("matcher", threshold=args.threshold)
         except ConfigError as exc:  # the value came from the flag, not from a file
             raise ConfigError(f"--threshold {args.threshold}: {exc}") from exc
+    if getattr(args, "no_web", False):
+        cfg = cfg.replace("web", enabled=False)
     if getattr(args, "views", None) is not None:
         cfg = cfg.replace("enroll", views=args.views)
     return cfg
@@ -225,12 +231,15 @@ def _check_crop_folder(folder: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    from .camera import check_source_library, is_live_spec
-    from .gallery import Gallery
-    from .service import Service, make_notifier
+    from .app import DeviceApp
+    from .camera import check_source_library
+    from .service import make_notifier
+    from .web.runner import check_web, serve_web
 
     if cfg.service.save_crops:  # checked before the model loads: a typo fails fast
         _check_crop_folder(cfg.service.save_crops)
+    # Also before the model loads: a page reachable from the network without a password.
+    password_hash = check_web(cfg)
 
     stop = threading.Event()
 
@@ -242,22 +251,17 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with (
-            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
-            Gallery(cfg.gallery.path) as gallery,
-        ):
+        with DeviceApp(cfg, embedder_factory=embedder_factory) as app:
+            _ = app.embedder  # the model loads (or fails, exit 3) before anything is served
             # The service retries a failing camera; a missing camera library cannot come back.
             check_source_library(cfg.camera.source)
-            service = Service(
-                cfg,
-                source_factory=lambda: _open_source(cfg),
-                embedder=embedder,
-                gallery=gallery,
-                notifier=make_notifier(),
-                should_stop=stop.is_set,
-                retry=is_live_spec(cfg.camera.source),
-            )
-            stats = service.run(max_frames=args.max_frames)
+            with serve_web(app, cfg, password_hash):
+                stats = app.run(
+                    source_factory=lambda: _open_source(cfg),
+                    max_frames=args.max_frames,
+                    should_stop=stop.is_set,
+                    notifier=make_notifier(),
+                )
         logger.info(
             "stopped: %d frames, %d events, %d camera errors",
             stats.frames,

@@ -6,21 +6,17 @@ from __future__ import annotations
 import io
 import threading
 from collections.abc import Iterator
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import cv2
 import numpy as np
 import pytest
-
-pytest.importorskip("starlette")
-pytest.importorskip("httpx")
+from starlette.testclient import TestClient
 
 from device.app import DeviceApp
 from device.commands import Call
-from starlette.testclient import TestClient
-
 from device.config import Config
 from device.images import load_image
 from device.synthetic import LiveScene, SyntheticScene
@@ -57,6 +53,7 @@ class Web:
     ctx: WebContext
     client: TestClient
     scene: LiveScene | None = None
+    headers: dict[str, str] = field(default_factory=dict)  # the CSRF header once logged in
 
     def login(self) -> dict[str, Any]:
         r = self.client.post("/api/login", json={"password": PASSWORD})
