@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import shutil
 import socket
 import subprocess
@@ -20,6 +21,7 @@ import time
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -36,6 +38,12 @@ pytestmark = [
         CHROMIUM is None, reason="chromium is not installed (apt-get install chromium)"
     ),
 ]
+
+
+def recognised(page: Any, product: str) -> Any:
+    """The live page's recognitions of `product` as a known product (not as a runner-up)."""
+    label = page.locator(".label", has_text=re.compile(f"^{re.escape(product)}$"))
+    return page.locator("#recent li").filter(has=label).filter(has=page.locator(".status-known"))
 
 
 def _free_port() -> int:
@@ -161,9 +169,8 @@ def test_log_in_add_products_and_see_them_recognised(device_run: str) -> None:
 
             # The scene places it: recognised, pushed to the live page.
             page.click("nav a[data-tab=live]")
-            known = page.locator("#recent li", has_text=UPLOADED)
+            known = recognised(page, UPLOADED)
             expect(known.first).to_be_visible(timeout=45_000)
-            expect(known.first).to_contain_text("known")
             shot(page, "live")
 
             # Add the other product by capturing it from the live camera. The scene shows the two
@@ -185,9 +192,7 @@ def test_log_in_add_products_and_see_them_recognised(device_run: str) -> None:
 
             # The running matcher has it at once: its next placement is recognised.
             page.click("nav a[data-tab=live]")
-            captured = page.locator("#recent li", has_text=CAPTURED)
-            expect(captured.first).to_be_visible(timeout=30_000)
-            expect(captured.first).to_contain_text("known")
+            expect(recognised(page, CAPTURED).first).to_be_visible(timeout=30_000)
 
             page.click("nav a[data-tab=products]")
             expect(page.locator("#products-table tbody tr")).to_have_count(2)
