@@ -128,3 +128,23 @@ def test_login_limiter_window() -> None:
     limiter.failed("1.2.3.4")
     limiter.succeeded("1.2.3.4")
     assert limiter.retry_after("1.2.3.4") == 0
+
+
+def test_device_imports_without_the_web_framework() -> None:
+    """`import device` (and the CLI, the password command, the start-up check) must work on a
+    machine without Starlette/uvicorn; only the server itself needs them."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys\n"
+        "for name in ('starlette', 'uvicorn', 'multipart', 'python_multipart'):\n"
+        "    sys.modules[name] = None  # importing it now raises ImportError\n"
+        "import device, device.cli, device.app, device.web.password, device.web.runner\n"
+        "from device.config import Config\n"
+        "cfg = Config().replace('gallery', path='/nonexistent/prodrec/g.db')\n"
+        "assert device.web.runner.check_web(cfg) is None\n"
+        "print('ok')\n"
+    )
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
+    assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
