@@ -8,6 +8,7 @@ except through `DeviceApp.submit`.
 
 from __future__ import annotations
 
+import asyncio
 import secrets
 import threading
 import time
@@ -61,6 +62,10 @@ class WebContext:
         self.crop_files = CropFiles(config.service.save_crops)
         self.stopping = threading.Event()  # set when the server shuts down: streams end
         self.started = time.monotonic()
+        # Camera enrollments started through this server: session id -> last request's time,
+        # and the task cancelling those left idle (device/web/routes.py: Api._reap).
+        self.enrolls: dict[str, float] = {}
+        self.reaper: asyncio.Task[None] | None = None
 
     @property
     def auth_required(self) -> bool:

@@ -71,6 +71,9 @@ CSV_FIELDS = (
     "frame",
     "model_id",
 )
+# A camera enrollment started here with no request for this many times [enroll] timeout_s is
+# cancelled (the page was closed).
+ENROLL_IDLE_FACTOR = 3.0
 # A frame older than this means the loop is stuck or the camera failing: /healthz says so.
 HEALTHY_FRAME_AGE_S = 10.0
 
@@ -475,12 +478,43 @@ class Api:
         append = bool(body.get("append", False))
         assert name is not None
         sid = await self._command(StartEnroll(name, code, views, append), 10.0)
+        self._touch(sid)
         return JSONResponse({"session": sid, "views": views}, status_code=201)
+
+    def _touch(self, sid: str) -> None:
+        """Note activity on an enrollment this server started; start the reaper if needed."""
+        ctx = self.ctx
+        ctx.enrolls[sid] = time.monotonic()
+        if ctx.reaper is None or ctx.reaper.done():
+            ctx.reaper = asyncio.get_running_loop().create_task(self._reap())
+
+    async def _reap(self) -> None:
+        """Cancel enrollments left idle (a closed page): while one is open the loop recognises
+        nothing and no other enrollment can start."""
+        ctx = self.ctx
+        idle_s = ENROLL_IDLE_FACTOR * ctx.config.enroll.timeout_s
+        while ctx.enrolls and not ctx.stopping.is_set():
+            await asyncio.sleep(min(1.0, idle_s / 4))
+            now = time.monotonic()
+            for sid, last in list(ctx.enrolls.items()):
+                if now - last <= idle_s:
+                    continue
+                ctx.enrolls.pop(sid, None)
+                logger.warning(
+                    "enrollment %s left idle for %.0f s: cancelled (nothing stored)", sid, idle_s
+                )
+                try:
+                    await self._command(CancelEnroll(sid), 10.0)
+                except Exception as exc:  # already finished, or the loop stopped
+                    logger.debug("cancelling the idle enrollment %s: %s", sid, exc)
 
     async def enroll_capture(self, request: Request) -> Response:
         """Take the product now steady in view as the next view (409 when it is a near-duplicate
         of a view already taken: turn it more)."""
-        info = await self._command(CaptureView(request.path_params["session_id"]), 15.0)
+        sid = request.path_params["session_id"]
+        if sid in self.ctx.enrolls:
+            self._touch(sid)
+        info = await self._command(CaptureView(sid), 15.0)
         crop = base64.b64encode(info.crop_jpeg).decode("ascii")
         return JSONResponse(
             {
@@ -493,12 +527,16 @@ class Api:
 
     async def enroll_finish(self, request: Request) -> Response:
         """Store the product with every view taken (one transaction); the matcher has it at once."""
-        product = await self._command(FinishEnroll(request.path_params["session_id"]), 30.0)
+        sid = request.path_params["session_id"]
+        product = await self._command(FinishEnroll(sid), 30.0)
+        self.ctx.enrolls.pop(sid, None)
         return JSONResponse(self._product_json(product), status_code=201)
 
     async def enroll_cancel(self, request: Request) -> Response:
         """Give up an enrollment: nothing is stored."""
-        await self._command(CancelEnroll(request.path_params["session_id"]), 10.0)
+        sid = request.path_params["session_id"]
+        self.ctx.enrolls.pop(sid, None)
+        await self._command(CancelEnroll(sid), 10.0)
         return JSONResponse({"cancelled": request.path_params["session_id"]})
 
     # --- events ----------------------------------------------------------------------------------

@@ -309,3 +309,25 @@ def test_saved_event_crops_are_served_by_event_id_only(tmp_path) -> None:
     assert crops.read("e1") == b"\xff\xd8crop"
     assert crops.read("nope") is None
     assert CropFiles("").read("e1") is None
+
+
+def test_an_abandoned_camera_enrollment_is_cancelled(tmp_path) -> None:
+    from .conftest import _web
+
+    # [enroll] timeout_s 0.2: a page silent for 3 x 0.2 s has gone away.
+    gen = _web(tmp_path, password=None, loop=True)
+    web = next(gen)
+    try:
+        web.ctx.config = web.ctx.config.replace("enroll", timeout_s=0.2)
+        csrf = web.client.get("/api/session").json()["csrf"]
+        h = {"X-CSRF-Token": csrf}
+        web.wait_state("empty")
+        assert web.client.post("/api/enroll", json={"name": "A"}, headers=h).status_code == 201
+        r = web.client.post("/api/enroll", json={"name": "B"}, headers=h)
+        assert r.status_code == 400 and "in progress" in r.json()["error"]
+        deadline = time.monotonic() + 20
+        while web.client.post("/api/enroll", json={"name": "B"}, headers=h).status_code != 201:
+            assert time.monotonic() < deadline, "the idle enrollment was never cancelled"
+            time.sleep(0.2)
+    finally:
+        gen.close()
