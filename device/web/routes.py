@@ -610,18 +610,24 @@ class Api:
     async def status(self, request: Request) -> Response:
         """Model, threshold and its source, camera, fps, counts, uptime, database size, free
         disk, event outputs; and the web server's own figures."""
-        status = jsonable(await run_in_threadpool(self.app.status))
-        spec = getattr(self.app.meta, "input", None)
-        if isinstance(status.get("model"), dict) and spec is not None:
-            status["model"]["input_size"] = f"{spec.width}x{spec.height}"
+        status = await run_in_threadpool(self._device_status)
         status["web"] = {
             "host": self.ctx.web.host,
             "port": self.ctx.web.port,
             "auth_required": self.ctx.auth_required,
             "live_frames_encoded": self.ctx.encoder.encoded,
-            "sessions": len(self.ctx.sessions._by_token),
+            "sessions": self.ctx.sessions.count(),
         }
         return JSONResponse(status)
+
+    def _device_status(self) -> dict[str, Any]:
+        """DeviceApp.status() plus the model's input size (on a worker thread: both may read the
+        database or load the model)."""
+        status = jsonable(self.app.status())
+        spec = getattr(self.app.meta, "input", None)
+        if isinstance(status.get("model"), dict) and spec is not None:
+            status["model"]["input_size"] = f"{spec.width}x{spec.height}"
+        return status
 
     async def export(self, request: Request) -> Response:
         """Download every product (views, crops, embeddings) as a `gallery export` zip file."""

@@ -62,6 +62,10 @@ class Sessions:
             return None
         return s
 
+    def count(self) -> int:
+        self._expire()
+        return len(self._by_token)
+
     def drop(self, token: str | None) -> None:
         if token:
             self._by_token.pop(token, None)
