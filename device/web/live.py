@@ -71,7 +71,7 @@ def encode_snapshot(snap: Any, max_width: int, quality: int) -> bytes:
         out = cv2.resize(image, (round(w * scale), round(h * scale)), interpolation=cv2.INTER_AREA)
     else:
         out = image.copy()  # the snapshot's image is shared: never draw on it
-    thick = max(1, round(2 * scale))
+    thick = max(2, round(2 * scale))  # visible after JPEG and shrinking
 
     def rect(box: tuple[int, int, int, int], colour: tuple[int, int, int]) -> None:
         x, y, bw, bh = (round(v * scale) for v in box)

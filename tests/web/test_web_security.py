@@ -148,3 +148,32 @@ def test_device_imports_without_the_web_framework() -> None:
     )
     out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=False)
     assert out.returncode == 0 and out.stdout.strip() == "ok", out.stderr
+
+
+def test_live_image_shows_roi_and_box_and_is_encoded_once_per_frame() -> None:
+    import cv2
+    import numpy as np
+
+    from device.framehub import FrameHub, FrameSnapshot
+    from device.web.live import BOX_COLOUR, ROI_COLOUR, FrameEncoder
+
+    hub = FrameHub()
+    enc = FrameEncoder(hub, max_width=320, quality=95)
+    assert enc.latest() is None
+    image = np.full((480, 640, 3), 40, np.uint8)
+    hub.publish(FrameSnapshot(7, 0.0, image, (40, 40, 560, 400), (200, 160, 200, 160), "placed"))
+    first = enc.latest()
+    assert first is not None and first.number == 7 and first.state == "placed"
+    assert enc.latest() is first and enc.encoded == 1  # several viewers, one encoding
+    assert np.all(image == 40)  # the loop's frame is never drawn on
+    out = cv2.imdecode(np.frombuffer(first.jpeg, np.uint8), cv2.IMREAD_COLOR)
+    assert out.shape == (240, 320, 3)  # shrunk to [web] live_width
+
+    b, g, r = (int(v) for v in out[120, 20])  # the ROI's left edge at x = 40 / 2: amber
+    assert r > b + 80 and g > b + 80, (b, g, r)
+    b, g, r = (int(v) for v in out[120, 100])  # the box's left edge at x = 200 / 2: green
+    assert g > r + 60 and g > b + 60, (b, g, r)
+    assert np.all(np.abs(out[120, 60].astype(int) - 40) < 10)  # in between: the frame
+    assert ROI_COLOUR != BOX_COLOUR
+    hub.publish(FrameSnapshot(8, 0.1, image, None, None, "empty"))
+    assert enc.latest().number == 8 and enc.encoded == 2
