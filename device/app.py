@@ -169,7 +169,7 @@ class DeviceApp(Closing):
         p = g.product_by_id(name_or_id) if isinstance(name_or_id, int) else g.product(name_or_id)
         if p is None:
             raise ProductNotFound(
-                f"no product {name_or_id!r} (see `python -m device products list`)"
+                f"no product named {name_or_id!r} (see `python -m device products list`)"
             )
         return p
 

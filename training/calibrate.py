@@ -37,6 +37,7 @@ from typing import Any
 
 import numpy as np
 
+from device.folders import product_images
 from device.images import list_images
 
 from . import metrics
@@ -167,12 +168,7 @@ def unseen_split(trained: list[str], data_dir: Path) -> tuple[dict[str, list[Pat
     """{class: sorted images} for the folders of DATA/val (or DATA) not among `trained`."""
     root = data_dir / "val" if (data_dir / "val").is_dir() else data_dir
     known = set(trained)
-    split = {
-        d.name: list_images(d)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name not in known and d.name not in ("train", "val")
-    }
-    split = {c: ps for c, ps in split.items() if ps}
+    split = dict(product_images(root, exclude=known | {"train", "val"}))
     if len(split) < 2:
         raise ValueError(
             f"{root} holds {len(split)} class folder(s) with images that the run was not trained "

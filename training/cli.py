@@ -261,15 +261,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from device.errors import DeviceError
+    from device.exitcodes import EXIT_INTERRUPTED, exit_code_for
 
     try:
         return int(args.func(args) or 0)
-    except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle
+    except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle (3)
+        code = exit_code_for(exc)
+        if code is None:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         # fit writes its run whole or not at all, calibrate its config.json in one rename.
         print(
             "interrupted: a run being written was discarded; nothing else changed", file=sys.stderr
         )
-        return 130
+        return EXIT_INTERRUPTED

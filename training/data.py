@@ -26,6 +26,7 @@ from typing import Any
 import numpy as np
 
 from device.bundle import InputSpec
+from device.folders import is_hidden, product_dirs
 from device.images import IMAGE_SUFFIXES, load_image
 from device.preprocess import resize_rgb
 
@@ -98,15 +99,11 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _is_hidden(p: Path) -> bool:
-    return p.name.startswith(".")
-
-
 def _class_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     images: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for p in sorted(folder.iterdir()):
-        if _is_hidden(p) or p.is_dir():
+        if is_hidden(p) or p.is_dir():
             continue
         if p.suffix.lower() in IMAGE_SUFFIXES:
             images.append(p)
@@ -116,7 +113,7 @@ def _class_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def _class_dirs(root: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not _is_hidden(p)}
+    return {p.name: p for p in product_dirs(root)}
 
 
 def _has_class_dirs(root: Path) -> bool:
