@@ -177,3 +177,33 @@ def test_live_image_shows_roi_and_box_and_is_encoded_once_per_frame() -> None:
     assert ROI_COLOUR != BOX_COLOUR
     hub.publish(FrameSnapshot(8, 0.1, image, None, None, "empty"))
     assert enc.latest().number == 8 and enc.encoded == 2
+
+
+def test_synthetic_live_source_loops_in_real_time(tmp_path: Path) -> None:
+    import shutil
+
+    import numpy as np
+
+    from device.camera import is_live_spec, open_source
+    from device.synthetic import LoopingSource, SyntheticScene, SyntheticSource
+
+    now = [0.0]
+    slept: list[float] = []
+
+    def sleep(s: float) -> None:
+        slept.append(s)
+        now[0] += s
+
+    scene = SyntheticScene(64, 48, seed=0, noise=0.0)
+    src = LoopingSource(SyntheticSource(scene, [], 3), fps=10.0, clock=lambda: now[0], sleep=sleep)
+    frames = [src.read() for _ in range(7)]  # more than the 3 frames of the scene: it loops
+    assert all(f is not None and f.shape == (48, 64, 3) for f in frames)
+    assert np.array_equal(frames[0], frames[3]) and src.source.index == 1
+    assert len(slept) == 7 and all(abs(s - 0.1) < 1e-9 for s in slept)  # 10 frames a second
+    fixture = Path(__file__).resolve().parents[1] / "fixtures" / "grocery" / "test"
+    for name in ("Banana", "Oatly-Oat-Milk"):
+        shutil.copytree(fixture / name, tmp_path / name)
+    live = open_source(f"synthetic-live:{tmp_path}", width=160, height=120, fps=240.0)
+    assert isinstance(live, LoopingSource) and live.finite is False
+    assert live.read().shape == (120, 160, 3)
+    assert is_live_spec(f"synthetic-live:{tmp_path}")  # failures retried, like a camera
