@@ -172,6 +172,14 @@ def add_fit_parser(sub: Any) -> None:
         default="default",
         help="tf.distribute: mirrored (GPUs), multiworker (hosts, TF_CONFIG)",
     )
+    p.add_argument(
+        "--cluster-timeout",
+        type=float,
+        default=d["cluster_timeout"].default,
+        metavar="SECONDS",
+        help="multiworker: how long a worker waits for the others to join, and for each "
+        "exchange with them while training, before it stops with an error",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_fit)
 
@@ -209,6 +217,7 @@ def config_from_args(args: argparse.Namespace) -> FitConfig:
         aug_erase=args.aug_erase,
         early_stopping_patience=args.patience,
         strategy=args.strategy,
+        cluster_timeout=args.cluster_timeout,
     )
 
 
@@ -220,6 +229,13 @@ def run_fit(args: argparse.Namespace) -> int:
     t = result.config["training"]
     best = result.best_value if result.best_value is not None else float("nan")
     skipped = result.config["data"]["n_skipped"]
+    if not result.written:  # a non-chief worker of multi-worker training
+        print(
+            f"worker done: {t['epochs_run']} epochs in {t['time_s']} s, best {result.monitor} "
+            f"{best:.4f} (epoch {result.best_epoch}); the chief wrote the run; final extractor "
+            f"weights sha256 {t['extractor_weights_sha256']}"
+        )
+        return 0
     print(
         f"run written to {result.run_dir}: {t['epochs_run']} epochs in {t['time_s']} s, best "
         f"{result.monitor} {best:.4f} (epoch {result.best_epoch}); "
@@ -263,6 +279,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     from device.errors import DeviceError
     from device.exitcodes import EXIT_INTERRUPTED, exit_code_for
 
+    from .strategy import ClusterError
+
     try:
         return int(args.func(args) or 0)
     except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle (3)
@@ -271,6 +289,9 @@ def main(argv: Sequence[str] | None = None) -> int:
             raise
         print(f"error: {exc}", file=sys.stderr)
         return code
+    except ClusterError as exc:  # multi-worker training: a peer never came, or died
+        print(f"error: {exc}", file=sys.stderr)
+        return 3
     except KeyboardInterrupt:
         # fit writes its run whole or not at all, calibrate its config.json in one rename.
         print(

@@ -73,6 +73,7 @@ class FitConfig:
     lr_patience: int = 1
     lr_factor: float = 0.3
     strategy: str = "default"
+    cluster_timeout: float = 120.0  # multiworker: seconds to wait for the peers / a collective
     decode_scale: float = 1.15
 
     def __post_init__(self) -> None:
@@ -139,6 +140,8 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(
             f"unknown strategy {cfg.strategy!r}: choose one of {', '.join(STRATEGIES)}"
         )
+    if not cfg.cluster_timeout > 0:
+        raise ValueError(f"--cluster-timeout must be > 0 seconds, got {cfg.cluster_timeout}")
     validate_backbone(cfg.input_size, cfg.alpha, cfg.weights)
     if cfg.embedding_dim < 2:
         raise ValueError(f"embedding dim must be >= 2, got {cfg.embedding_dim}")

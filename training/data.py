@@ -372,11 +372,25 @@ def train_pipeline(
     """Shuffled, batched, augmented (in parallel), prefetched tf.data.Dataset of (x, y)."""
     import tensorflow as tf
 
-    params = params or AugmentParams()
     n = len(arrays.labels)
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
     ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
     ds = ds.batch(batch_size, drop_remainder=n >= 2 * batch_size)
+    ds = ds.map(
+        _batch_fn(out_size, augment, params),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def _batch_fn(
+    out_size: int, augment: bool, params: AugmentParams | None
+) -> Callable[[Any, Any], Any]:
+    """uint8 batch -> float32 model input at `out_size`: augmented, or just resized."""
+    import tensorflow as tf
+
+    params = params or AugmentParams()
     fn: Callable[[Any, Any], Any]
     if augment:
 
@@ -388,8 +402,49 @@ def train_pipeline(
             x = tf.image.resize(tf.cast(x, tf.float32), (out_size, out_size), method="area")
             return x, y
 
-    ds = ds.map(fn, num_parallel_calls=tf.data.AUTOTUNE, deterministic=False)
-    return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+    return fn
+
+
+def multiworker_pipelines(
+    strategy: Any,
+    train: Arrays,
+    val: Arrays | None,
+    out_size: int,
+    global_batch: int,
+    *,
+    augment: bool = True,
+    params: AugmentParams | None = None,
+    seed: int = 0,
+) -> tuple[Any, int, Any]:
+    """(train, steps per epoch, validation or None) for MultiWorkerMirroredStrategy, built on each
+    worker by `strategy.distribute_datasets_from_function`.
+
+    Training: every worker holds all images and shuffles them with the same seed, so the order is
+    the same everywhere; worker k keeps every n-th image from position k (disjoint shards), batched
+    at the per-replica size (global batch / replicas). The stream repeats and an epoch is a fixed
+    number of global steps, the same on every worker (a worker running one step more than the
+    others would wait for them forever). Validation: every worker evaluates ALL validation images
+    and the loss is averaged over the workers, so every worker gets the same val_loss exactly."""
+    import tensorflow as tf
+
+    steps = max(1, math.ceil(len(train.labels) / global_batch))
+
+    def train_fn(ctx: Any) -> Any:
+        return worker_train_dataset(
+            train, ctx, out_size, global_batch, augment=augment, params=params, seed=seed
+        )
+
+    def val_fn(ctx: Any) -> Any:
+        assert val is not None
+        ds = tf.data.Dataset.from_tensor_slices((val.images, val.labels))
+        ds = ds.batch(ctx.get_per_replica_batch_size(global_batch))
+        ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y))
+        return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
+
+    train_ds = strategy.distribute_datasets_from_function(train_fn)
+    has_val = val is not None and len(val.labels) > 0
+    val_ds = strategy.distribute_datasets_from_function(val_fn) if has_val else None
+    return train_ds, steps, val_ds
 
 
 def eval_pipeline(arrays: Arrays, batch_size: int) -> Any:
@@ -399,3 +454,39 @@ def eval_pipeline(arrays: Arrays, batch_size: int) -> Any:
     ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels)).batch(batch_size)
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     return ds.prefetch(tf.data.AUTOTUNE).with_options(_options())
+
+
+def worker_train_dataset(
+    arrays: Arrays,
+    ctx: Any,
+    out_size: int,
+    global_batch: int,
+    *,
+    augment: bool = True,
+    params: AugmentParams | None = None,
+    seed: int = 0,
+) -> Any:
+    """One worker's endless training stream for `multiworker_pipelines`; `ctx` is the
+    tf.distribute.InputContext saying which input pipeline this is out of how many."""
+    import tensorflow as tf
+
+    n = len(arrays.labels)
+    ds = tf.data.Dataset.from_tensor_slices((arrays.images, arrays.labels))
+    ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True).repeat()
+    ds = ds.shard(ctx.num_input_pipelines, ctx.input_pipeline_id)
+    ds = ds.batch(ctx.get_per_replica_batch_size(global_batch), drop_remainder=True)
+    ds = ds.map(
+        _batch_fn(out_size, augment, params),
+        num_parallel_calls=tf.data.AUTOTUNE,
+        deterministic=False,
+    )
+    return ds.prefetch(tf.data.AUTOTUNE).with_options(_unsharded())
+
+
+def _unsharded() -> Any:
+    import tensorflow as tf
+
+    opts = tf.data.Options()
+    # Sharded by image in `worker_train_dataset`: TensorFlow must not shard again.
+    opts.experimental_distribute.auto_shard_policy = tf.data.experimental.AutoShardPolicy.OFF
+    return opts

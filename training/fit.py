@@ -4,16 +4,19 @@ history.csv, curves.png). The CLI's `fit` is a thin layer over this."""
 from __future__ import annotations
 
 import csv
+import hashlib
 import logging
 import shutil
 import sys
 import tempfile
 import time
+from contextlib import nullcontext
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
 import keras
+import numpy as np
 
 from device.files import replace_dir
 
@@ -22,6 +25,7 @@ from .data import (
     check_decoded,
     decode_items,
     eval_pipeline,
+    multiworker_pipelines,
     scan_dataset,
     train_pipeline,
 )
@@ -63,6 +67,7 @@ class FitResult:
     best_value: float | None  # best `monitor` (val_loss, or loss without validation)
     monitor: str
     extractor: Any  # keras.Model
+    written: bool = True  # False on a non-chief worker of multi-worker training: nothing written
 
 
 def fit(
@@ -78,16 +83,27 @@ def fit(
 
     The run is written into a staging folder beside RUN_DIR and moved into place at the end, so
     an interrupted or failed fit leaves nothing half-written, and an old run it would replace
-    (--overwrite) stays whole until the new one is complete."""
+    (--overwrite) stays whole until the new one is complete.
+
+    Multi-worker training (TF_CONFIG): only the chief writes `out_dir`. Another worker runs the
+    same steps, saving included, into a temporary folder it removes, and ignores `out_dir`."""
     t_start = time.monotonic()
     out = Path(out_dir)
+    from .strategy import read_cluster
+
+    cluster = read_cluster() if config.strategy == "multiworker" else None
+    if cluster is not None and not cluster.is_chief:
+        scratch = Path(tempfile.mkdtemp(prefix="prodrec-worker-"))
+        try:
+            result = _fit(data_dir, scratch, config, progress, t_start)
+        finally:
+            shutil.rmtree(scratch, ignore_errors=True)
+        result.written = False
+        return result
     _check_out(out, Path(data_dir), overwrite)
     staging = staging_dir(out)
     try:
-        result = _fit(data_dir, out, staging, config, progress, t_start)
-        if result.run_dir != staging:  # a worker that does not write (multi-worker training)
-            shutil.rmtree(staging, ignore_errors=True)
-            return result
+        result = _fit(data_dir, staging, config, progress, t_start)
         replace_dir(staging, out)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
@@ -127,8 +143,7 @@ def _check_out(out: Path, data_dir: Path, overwrite: bool) -> None:
 
 def _fit(
     data_dir: str | Path,
-    out: Path,
-    staging: Path,
+    run_dir: Path,
     config: FitConfig,
     progress: bool,
     t_start: float,
@@ -147,9 +162,10 @@ def _fit(
     import tensorflow as tf
 
     from .heads import make_loss
+    from .keras_multiworker import multiworker_fit
     from .model import build_extractor, build_training_model, is_pretrained, set_backbone_trainable
     from .plots import plot_curves, plot_samples
-    from .strategy import is_chief, make_strategy
+    from .strategy import ClusterError, describe_collective_failure, make_strategy, read_cluster
 
     keras.utils.set_random_seed(config.seed)
     size = config.input_size
@@ -169,15 +185,30 @@ def _fit(
         )
     check_decoded(train_arr, dataset.classes, dataset.data_dir)
 
-    strategy = make_strategy(config.strategy)
+    strategy = make_strategy(config.strategy, cluster_timeout=config.cluster_timeout)
+    cluster = read_cluster() if config.strategy == "multiworker" else None
+    multi = cluster is not None and cluster.num_workers > 1
     replicas = int(strategy.num_replicas_in_sync)
     global_batch = config.batch_size * replicas
     params = config.augment_params()
-    train_ds = train_pipeline(
-        train_arr, size, global_batch, augment=config.augment, params=params, seed=config.seed
-    )
     has_val = len(val_arr.labels) > 0
-    val_ds = eval_pipeline(val_arr, global_batch) if has_val else None
+    steps_per_epoch: int | None = None  # one pass over the data, unless multi-worker
+    if multi:
+        train_ds, steps_per_epoch, val_ds = multiworker_pipelines(
+            strategy,
+            train_arr,
+            val_arr if has_val else None,
+            size,
+            global_batch,
+            augment=config.augment,
+            params=params,
+            seed=config.seed,
+        )
+    else:
+        train_ds = train_pipeline(
+            train_arr, size, global_batch, augment=config.augment, params=params, seed=config.seed
+        )
+        val_ds = eval_pipeline(val_arr, global_batch) if has_val else None
     monitor = "val_loss" if has_val else "loss"
     pretrained = is_pretrained(config.weights)
 
@@ -191,8 +222,6 @@ def _fit(
         )
         model = build_training_model(extractor, config.head, n_cls)
 
-    writes = is_chief()
-    run_dir = staging if writes else Path(tempfile.mkdtemp(prefix="prodrec-worker-"))
     run_dir.mkdir(parents=True, exist_ok=True)
     keeper = _BestWeights(monitor)  # one across stages: the best epoch of the whole run wins
     verbose = (1 if sys.stdout.isatty() else 2) if progress else 0
@@ -241,15 +270,24 @@ def _fit(
             ),
             _Recorder(history, stage=i, unfrozen=fraction),
         ]
-        h = model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=epoch + n_epochs,
-            initial_epoch=epoch,
-            callbacks=callbacks,
-            verbose=verbose,
-            shuffle=False,  # the tf.data pipeline shuffles
-        )
+        try:
+            with multiworker_fit(model, strategy) if multi else nullcontext():
+                h = model.fit(
+                    train_ds,
+                    validation_data=val_ds,
+                    epochs=epoch + n_epochs,
+                    initial_epoch=epoch,
+                    steps_per_epoch=steps_per_epoch,
+                    callbacks=callbacks,
+                    verbose=verbose,
+                    shuffle=False,  # the tf.data pipeline shuffles
+                )
+        except tf.errors.OpError as exc:
+            if cluster is None or not multi:
+                raise
+            raise ClusterError(
+                describe_collective_failure(exc, cluster, config.cluster_timeout)
+            ) from exc
         ran = len(h.epoch)
         stages_run.append(
             {
@@ -272,6 +310,10 @@ def _fit(
     if not pretrained:
         bn_recalibration = _recalibrate_batchnorm(extractor, train_arr.images, size, global_batch)
 
+    fingerprint = weights_sha256(extractor)
+    if cluster is not None:
+        # Every worker logs it: equal on all workers = they ended with the same model.
+        log.info("%s: final extractor weights sha256 %s", cluster.name, fingerprint)
     run_cfg = _run_config(config, dataset, train_arr, val_arr, skipped, replicas, global_batch)
     run_cfg["training"].update(
         {
@@ -282,6 +324,8 @@ def _fit(
             "best_" + monitor: best,
             "time_s": round(time.monotonic() - t_start, 1),
             "bn_recalibration": bn_recalibration,
+            "extractor_weights_sha256": fingerprint,
+            "workers": cluster.num_workers if cluster is not None else 1,
             "tensorflow": tf.__version__,
             "keras": keras.__version__,
         }
@@ -405,6 +449,17 @@ def _recalibrate_batchnorm(
         info["time_s"],
     )
     return info
+
+
+def weights_sha256(model: Any) -> str:
+    """SHA-256 over a model's weights (dtype, shape and bytes of each, in order): equal for two
+    models only when every weight is bit-identical."""
+    digest = hashlib.sha256()
+    for w in model.get_weights():
+        a = np.ascontiguousarray(w)
+        digest.update(f"{a.dtype}{a.shape}".encode())
+        digest.update(a.tobytes())
+    return digest.hexdigest()
 
 
 def write_history(history: list[dict[str, Any]], path: str | Path) -> Path:

@@ -208,7 +208,7 @@ def test_fit_writes_its_run_whole_or_not_at_all(
     old.mkdir()
     (old / "config.json").write_text("{}")  # an existing run, to be replaced with --overwrite
 
-    def interrupted(data_dir, out, staging, *args):  # the training, stopped part way
+    def interrupted(data_dir, staging, *args):  # the training, stopped part way
         (staging / "extractor.keras").write_bytes(b"half")
         raise KeyboardInterrupt
 
@@ -223,7 +223,7 @@ def test_fit_writes_its_run_whole_or_not_at_all(
         fit_module.fit(FIXTURE / "train", old, cfg, overwrite=True)
     (old / "bundle").rmdir()
 
-    def finished(data_dir, out, staging, *args):  # a complete run that cannot be put in place
+    def finished(data_dir, staging, *args):  # a complete run that cannot be put in place
         (staging / "config.json").write_text("{}")
         return fit_module.FitResult(staging, {}, [], None, None, "val_loss", None)
 
