@@ -13,7 +13,13 @@ driver's buffer is) and the given bundle:
     relative to the bare interpreter call (target <= 1.15x);
   - one query against 10,000 and 100,000 stored views (target <= 1 ms for 10,000);
   - peak resident memory of `python -m device run` with `--products` products in its database
-    (and with none, for comparison).
+    (and with none, for comparison);
+  - the web page (`[web]`, on by default): the frame costs above with the web server's thread
+    running and nobody watching, against the same without it (alternating blocks); and `device
+    run` in real time on an endless synthetic scene (`synthetic-live:`, 15 fps) three ways, web
+    off / web on with no viewer / web on with one live viewer (the live image at the default
+    [web] live_fps plus the recognition stream, as the page does): CPU time of the process
+    over the same wall-clock window and its peak resident memory. `--web-only` measures only these.
 Prints a markdown table (for docs/BENCHMARKS.md) with the command, commit and machine.
 
 The recognition frame is also compared with the interpreter call made inside it: on a busy machine
@@ -291,12 +297,193 @@ def run_rss_mb(model: Path, db: Path, frames: int) -> tuple[float, int]:
         str(frames),
         "--log-level",
         "WARNING",
+        "--no-web",  # the footprint before the web page; with it: web_rows
     ]
     proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
     if proc.returncode != 0:
         raise RuntimeError(f"device run failed: {proc.stderr}")
     rss_kb = int(proc.stderr.strip().splitlines()[-1])
     return rss_kb / 1024.0, len(proc.stdout.splitlines())
+
+
+# --- the web page ----------------------------------------------------------------------------------
+
+
+def frame_costs_with_web(
+    model: Path, threads: int, products: int, tmp: Path, rounds: int = 2
+) -> tuple[list[dict[str, float]], list[dict[str, float]]]:
+    """frame_costs without and with an idle web server thread in the process, alternating
+    (off, on, off, on, ...) so that the machine's drift falls on both alike."""
+    from device.app import DeviceApp
+    from device.web.server import WebServer
+
+    off, on = [], []
+    for i in range(rounds):
+        off.append(frame_costs(model, threads, products, tmp / f"off{i}"))
+        cfg = Config().replace("gallery", path=str(tmp / f"web{i}.db"))
+        with (
+            DeviceApp(cfg, out=io.StringIO()) as app,
+            WebServer(app, cfg, None, port=0),
+        ):
+            on.append(frame_costs(model, threads, products, tmp / f"on{i}"))
+    return off, on
+
+
+def _cpu_seconds(pid: int) -> float:
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime + stime
+
+
+def _vm(pid: int, key: str) -> float:
+    for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+        if line.startswith(key + ":"):
+            return int(line.split()[1]) / 1024.0
+    return float("nan")
+
+
+class Viewer:
+    """What one open live page asks for: the live image [web] live_fps times a second, and the
+    recognition stream held open."""
+
+    def __init__(self, url: str, fps: float) -> None:
+        import threading
+
+        self.url, self.period = url, 1.0 / fps
+        self.stop = threading.Event()
+        self.images = 0
+        self.threads = [
+            threading.Thread(target=self._images, daemon=True),
+            threading.Thread(target=self._stream, daemon=True),
+        ]
+        for t in self.threads:
+            t.start()
+
+    def _images(self) -> None:
+        import urllib.request
+
+        while not self.stop.is_set():
+            t0 = time.monotonic()
+            with urllib.request.urlopen(f"{self.url}/api/live.jpg", timeout=10) as r:
+                r.read()
+                self.images += 1
+            self.stop.wait(max(0.0, self.period - (time.monotonic() - t0)))
+
+    def _stream(self) -> None:
+        import urllib.request
+
+        with urllib.request.urlopen(f"{self.url}/api/live/events", timeout=60) as r:
+            while not self.stop.is_set() and r.readline():
+                pass
+
+    def close(self) -> None:
+        self.stop.set()
+
+
+def run_live(model: Path, threads: int, tmp: Path, mode: str, seconds: float) -> dict[str, float]:
+    """`device run` on synthetic-live (15 fps): CPU % of one core and MB, `mode` one of "off",
+    "idle", "viewer"."""
+    import socket
+    import urllib.request
+
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        port = sock.getsockname()[1]
+    cfg = tmp / f"live-{mode}.toml"
+    cfg.write_text(
+        f'[camera]\nsource = "synthetic-live:{PHOTOS}"\nfps = 15.0\n'
+        f'[model]\npath = "{model}"\nnum_threads = {threads}\n'
+        f'[gallery]\npath = "{tmp / f"live-{mode}.db"}"\n[matcher]\nthreshold = 0.5\n'
+        f"[web]\nenabled = {'false' if mode == 'off' else 'true'}\nport = {port}\n"
+        '[service]\nlog_level = "WARNING"\n',
+        encoding="utf-8",
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "device", "run", "--config", str(cfg)],
+        cwd=ROOT,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.PIPE,
+    )
+    url = f"http://127.0.0.1:{port}"
+    viewer = None
+    try:
+        time.sleep(10.0)  # model load, background learning, the first placements
+        if proc.poll() is not None:
+            raise RuntimeError(f"device run failed: {proc.stderr.read().decode()}")
+        deadline = time.monotonic() + 60
+        while mode != "off":  # serving, and frames arriving
+            try:
+                with urllib.request.urlopen(f"{url}/healthz", timeout=10) as r:
+                    r.read()
+                break
+            except OSError:
+                if time.monotonic() > deadline:
+                    raise
+                time.sleep(0.5)
+        if mode == "viewer":
+            viewer = Viewer(url, Config().web.live_fps)
+            time.sleep(2.0)
+        cpu0, t0 = _cpu_seconds(proc.pid), time.monotonic()
+        time.sleep(seconds)
+        cpu1, t1 = _cpu_seconds(proc.pid), time.monotonic()
+        out = {
+            "cpu_pct": 100.0 * (cpu1 - cpu0) / (t1 - t0),
+            "hwm_mb": _vm(proc.pid, "VmHWM"),
+            "rss_mb": _vm(proc.pid, "VmRSS"),
+            "images": float(viewer.images) if viewer else 0.0,
+        }
+    finally:
+        if viewer is not None:
+            viewer.close()
+        proc.terminate()
+        try:
+            proc.wait(20)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+    return out
+
+
+def web_rows(model: Path, threads: int, products: int, seconds: float, tmp: Path) -> list[str]:
+    off, on = frame_costs_with_web(model, threads, products, tmp)
+    live: dict[str, list[dict[str, float]]] = {"off": [], "idle": [], "viewer": []}
+    for _ in range(2):  # alternating, twice: the machine's load drifts
+        for mode in live:
+            live[mode].append(run_live(model, threads, tmp, mode, seconds))
+
+    def med(rows: list[dict[str, float]], key: str) -> float:
+        return statistics.median(r[key] for r in rows)
+
+    def per_run(rows: list[dict[str, float]], key: str, fmt: str = "{:.3f}") -> str:
+        return ", ".join(fmt.format(r[key]) for r in rows)
+
+    cpu = {m: med(r, "cpu_pct") for m, r in live.items()}
+    hwm = {m: max(x["hwm_mb"] for x in r) for m, r in live.items()}
+    images = sum(x["images"] for x in live["viewer"])
+    lines = [
+        "| web page (`[web]`) | web off | web on, nobody watching | |",
+        "|---|---|---|---|",
+        f"| frame with nothing new, median ms (per round, alternating) | {per_run(off, 'empty_ms')} "
+        f"| {per_run(on, 'empty_ms')} | unchanged within noise |",
+        f"| frame on which a placement is recognised, median ms | {per_run(off, 'recog_ms')} | "
+        f"{per_run(on, 'recog_ms')} | unchanged within noise |",
+        "",
+        f"`device run` in real time (`synthetic-live:` of the 8 fixture products, 640x480, 15 fps, "
+        f"threshold 0.5, no products stored), CPU time over {seconds:.0f} s windows, two runs of "
+        "each, alternating; one viewer = the live image at the default [web] live_fps "
+        f"({Config().web.live_fps:g}/s) plus the recognition stream "
+        f"({images:.0f} images fetched in all):",
+        "",
+        "| | web off (`--no-web`) | web on, no viewer | web on, one live viewer |",
+        "|---|---|---|---|",
+        f"| CPU, % of one core (median; runs) | {cpu['off']:.1f} ({per_run(live['off'], 'cpu_pct', '{:.1f}')}) "
+        f"| {cpu['idle']:.1f} ({per_run(live['idle'], 'cpu_pct', '{:.1f}')}) "
+        f"| {cpu['viewer']:.1f} ({per_run(live['viewer'], 'cpu_pct', '{:.1f}')}) |",
+        f"| added CPU vs web off | | {cpu['idle'] - cpu['off']:+.1f} points | "
+        f"**{cpu['viewer'] - cpu['off']:+.1f} points** |",
+        f"| peak RSS (VmHWM, MB, max of the runs) | {hwm['off']:.0f} | {hwm['idle']:.0f} "
+        f"({hwm['idle'] - hwm['off']:+.0f}) | {hwm['viewer']:.0f} (**{hwm['viewer'] - hwm['off']:+.0f}**; "
+        "target <= +40) |",
+    ]
+    return lines
 
 
 def main() -> int:
@@ -309,6 +496,12 @@ def main() -> int:
         "--products", type=int, default=1000, help="products (x4 views) in the database"
     )
     ap.add_argument("--runs", type=int, default=200, help="timed interpreter calls")
+    ap.add_argument(
+        "--web-only", action="store_true", help="measure only the web page's costs (faster)"
+    )
+    ap.add_argument(
+        "--web-seconds", type=float, default=20.0, help="CPU window of each live run (s)"
+    )
     args = ap.parse_args()
     if args.runs < 2:
         ap.error("--runs must be at least 2 (half are timed before the frames, half after)")
@@ -319,6 +512,24 @@ def main() -> int:
 
     meta = read_bundle_meta(args.model)
     dim = meta.output.embedding_dim
+    try:
+        commit = subprocess.run(
+            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
+        ).stdout.strip()
+    except OSError:
+        commit = "?"
+    with tempfile.TemporaryDirectory() as tmpdir:
+        web = web_rows(args.model, args.threads, args.products, args.web_seconds, Path(tmpdir))
+    web_header = (
+        f"#### The web page\n\n`python bench/device_speed.py --model {args.model} --threads "
+        f"{args.threads} --products {args.products}{' --web-only' if args.web_only else ''}` at "
+        f"commit {commit}; {platform.machine()}, {os.cpu_count()} cores, Python "
+        f"{platform.python_version()}, runtime {runtime_name()}.\n"
+    )
+    if args.web_only:
+        print(web_header)
+        print("\n".join(web))
+        return 0
     with tempfile.TemporaryDirectory() as tmpdir:
         tmp = Path(tmpdir)
         # Timed before and after the frames, half each: this machine's speed drifts by tens of
@@ -337,12 +548,6 @@ def main() -> int:
         rss0, _ = run_rss_mb(args.model, tmp / "empty.db", 300)
         db_mb = db.stat().st_size / 1e6
 
-    try:
-        commit = subprocess.run(
-            ["git", "rev-parse", "--short", "HEAD"], cwd=ROOT, capture_output=True, text=True
-        ).stdout.strip()
-    except OSError:
-        commit = "?"
     empty_ratio = costs["empty_ms"] / invoke
     recog_ratio = costs["recog_ms"] / invoke
     print(
@@ -401,6 +606,9 @@ def main() -> int:
         f"**{rss:.0f} MB** ({n_events} events in 300 frames) | stated |"
     )
     print(f"| peak RSS of `device run`, no products | {rss0:.0f} MB | |")
+    print()
+    print(web_header)
+    print("\n".join(web))
     return 0
 
 

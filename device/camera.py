@@ -370,6 +370,12 @@ def _open_synthetic(spec: str, *, width: int, height: int, fps: float, realtime:
     return synthetic_source_from_spec(spec, width=width, height=height)
 
 
+def _open_synthetic_live(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    from .synthetic import live_synthetic_source_from_spec
+
+    return live_synthetic_source_from_spec(spec, width=width, height=height, fps=fps)
+
+
 def _open_folder(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
     return FolderSource(spec, fps=fps if realtime else None)
 
@@ -388,6 +394,11 @@ SOURCE_KINDS: list[SourceKind] = [
     ),
     SourceKind("camera index", str.isdigit, _open_index),
     SourceKind("synthetic scene", lambda spec: spec.startswith("synthetic:"), _open_synthetic),
+    SourceKind(
+        "endless synthetic scene in real time",
+        lambda spec: spec.startswith("synthetic-live:"),
+        _open_synthetic_live,
+    ),
     SourceKind("folder of images", lambda spec: Path(spec).is_dir(), _open_folder),
     SourceKind("video file, device or URL (OpenCV)", lambda spec: True, _open_opencv),
 ]
@@ -408,6 +419,8 @@ def open_source(
     "/dev/video0", /dev/v4l/...    -> OpenCVSource(V4L2 camera device)
     an existing directory          -> FolderSource (paced to fps when `realtime`)
     "synthetic:PHOTOS_DIR[:SEED]"  -> a generated scene (device.synthetic)
+    "synthetic-live:PHOTOS_DIR"    -> the same kind of scene, endless and paced to fps (a stand-in
+                                      camera for trying the web page)
     anything else                  -> OpenCVSource (video file or URL)
     """
     spec = spec.strip()

@@ -85,7 +85,8 @@ def build_parser() -> argparse.ArgumentParser:
     with_source.add_argument(
         "--source",
         help='frame source (overrides [camera] source): "picamera2", a camera index or device '
-        '(/dev/video0), a video file, a URL, a folder of images, or "synthetic:PHOTOS_DIR"',
+        '(/dev/video0), a video file, a URL, a folder of images, "synthetic:PHOTOS_DIR" (a '
+        'generated scene) or "synthetic-live:PHOTOS_DIR" (the same, endless, in real time)',
     )
 
     parser = argparse.ArgumentParser(
@@ -102,6 +103,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="save each event's crop as JPEG in this folder (created if missing; must be writable)",
     )
     run.add_argument("--threshold", type=float, help="override the matching threshold")
+    run.add_argument(
+        "--no-web", action="store_true", help="do not serve the web page ([web] enabled = false)"
+    )
 
     enroll = sub.add_parser(
         "enroll", parents=[common, with_source], help="add a product (camera-guided or from photos)"
@@ -161,6 +165,20 @@ def build_parser() -> argparse.ArgumentParser:
     gevents.add_argument(
         "--limit", type=_positive_int, default=20, help="how many, newest last (default 20)"
     )
+
+    web = sub.add_parser("web", help="the web page served by `run` (password)")
+    wsub = web.add_subparsers(dest="action", required=True)
+    wpass = wsub.add_parser(
+        "set-password",
+        parents=[common],
+        help="set the web page's password (stored as a salted hash; required for [web] host "
+        "beyond 127.0.0.1); restart the service afterwards",
+    )
+    wpass.add_argument(
+        "--password-stdin",
+        action="store_true",
+        help="read the password from the first line of stdin instead of asking twice",
+    )
     return parser
 
 
@@ -181,6 +199,8 @@ def _config(args: argparse.Namespace) -> Config:
             cfg = cfg.replace("matcher", threshold=args.threshold)
         except ConfigError as exc:  # the value came from the flag, not from a file
             raise ConfigError(f"--threshold {args.threshold}: {exc}") from exc
+    if getattr(args, "no_web", False):
+        cfg = cfg.replace("web", enabled=False)
     if getattr(args, "views", None) is not None:
         cfg = cfg.replace("enroll", views=args.views)
     return cfg
@@ -224,9 +244,12 @@ def _check_crop_folder(folder: str) -> None:
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
     from .camera import check_source_library
     from .service import make_notifier
+    from .web.runner import check_web, serve_web
 
     if cfg.service.save_crops:  # checked before the model loads: a typo fails fast
         _check_crop_folder(cfg.service.save_crops)
+    # Also before the model loads: a page reachable from the network without a password.
+    password_hash = check_web(cfg)
 
     stop = threading.Event()
 
@@ -243,12 +266,14 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
             app.gallery()
             # The service retries a failing camera; a missing camera library cannot come back.
             check_source_library(cfg.camera.source)
-            stats = app.run(
-                source_factory=lambda: _open_source(cfg),
-                max_frames=args.max_frames,
-                should_stop=stop.is_set,
-                notifier=make_notifier(),
-            )
+            # The page once the model and database are open; the loop never waits on it.
+            with serve_web(app, cfg, password_hash):
+                stats = app.run(
+                    source_factory=lambda: _open_source(cfg),
+                    max_frames=args.max_frames,
+                    should_stop=stop.is_set,
+                    notifier=make_notifier(),
+                )
         logger.info(
             "stopped: %d frames, %d events, %d camera errors",
             stats.frames,
@@ -465,7 +490,40 @@ def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
-COMMANDS = {"run": cmd_run, "enroll": cmd_enroll, "products": cmd_products, "gallery": cmd_gallery}
+def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
+    import getpass
+
+    from .web.password import password_path, write_password
+
+    if args.password_stdin:
+        password = sys.stdin.readline().rstrip("\r\n")
+    else:
+        password = getpass.getpass("New web page password: ")
+        if getpass.getpass("Again: ") != password:
+            raise ValueError("the two passwords differ: nothing was changed")
+    path = password_path(cfg)
+    try:
+        write_password(path, password)
+    except OSError as exc:
+        raise ValueError(
+            f"cannot write {path}: {exc.strerror or exc} (run it as the service's user, e.g. "
+            "`sudo prodrec web set-password`)"
+        ) from exc
+    print(
+        f"web password stored in {path}; restart the service to use it "
+        "(sudo systemctl restart prodrec)",
+        file=sys.stderr,
+    )
+    return EXIT_OK
+
+
+COMMANDS = {
+    "run": cmd_run,
+    "enroll": cmd_enroll,
+    "products": cmd_products,
+    "gallery": cmd_gallery,
+    "web": cmd_web,
+}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

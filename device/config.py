@@ -107,6 +107,25 @@ class ServiceConfig:
 
 
 @dataclass(frozen=True)
+class WebConfig:
+    enabled: bool = True  # serve the web page and the JSON API inside `run`
+    # 127.0.0.1: this machine only. Any other address (e.g. "0.0.0.0") needs a password
+    # (`python -m device web set-password`); `run` refuses to start without one.
+    host: str = "127.0.0.1"
+    port: int = 8080
+    live_fps: float = 2.0  # live image refreshes per second while someone watches
+    live_width: int = 640  # the live image is shrunk to at most this width
+    jpeg_quality: int = 70  # of the live image
+    password_file: str = ""  # salted password hash; "" = web-password beside the product database
+    session_hours: float = 12.0  # a login lasts this long
+    login_attempts: int = 5  # failed logins per client address per minute before refusing
+    max_upload_bytes: int = 15_000_000  # one uploaded photo
+    max_upload_pixels: int = 50_000_000  # one uploaded photo, width x height
+    max_upload_files: int = 20  # photos in one upload
+    max_import_bytes: int = 200_000_000  # a gallery export file uploaded for import
+
+
+@dataclass(frozen=True)
 class Config:
     camera: CameraConfig = field(default_factory=CameraConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -116,6 +135,7 @@ class Config:
     gallery: GalleryConfig = field(default_factory=GalleryConfig)
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
+    web: WebConfig = field(default_factory=WebConfig)
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some keys of one section changed (command-line overrides), re-validated."""
@@ -300,4 +320,39 @@ def validate(cfg: Config, where: str = "config") -> None:
         "retry_max_s",
         "retry_initial_s..3600",
         s.retry_max_s,
+    )
+    _validate_web(cfg.web, f"{where} [web]")
+
+
+def _validate_web(web: WebConfig, w: str) -> None:
+    _check(bool(web.host.strip()), w, "host", "an address such as 127.0.0.1 or 0.0.0.0", web.host)
+    _check(
+        1024 <= web.port <= 65535, w, "port", "1024..65535 (the service is unprivileged)", web.port
+    )
+    _check(0 < web.live_fps <= 30, w, "live_fps", "0 < fps <= 30", web.live_fps)
+    _check(64 <= web.live_width <= 4096, w, "live_width", "64..4096", web.live_width)
+    _check(10 <= web.jpeg_quality <= 100, w, "jpeg_quality", "10..100", web.jpeg_quality)
+    _check(0 < web.session_hours <= 24 * 30, w, "session_hours", "0 < h <= 720", web.session_hours)
+    _check(1 <= web.login_attempts <= 100, w, "login_attempts", "1..100", web.login_attempts)
+    _check(
+        1000 <= web.max_upload_bytes <= 100_000_000,
+        w,
+        "max_upload_bytes",
+        "1000..100000000",
+        web.max_upload_bytes,
+    )
+    _check(
+        10_000 <= web.max_upload_pixels <= 200_000_000,
+        w,
+        "max_upload_pixels",
+        "10000..200000000",
+        web.max_upload_pixels,
+    )
+    _check(1 <= web.max_upload_files <= 100, w, "max_upload_files", "1..100", web.max_upload_files)
+    _check(
+        1000 <= web.max_import_bytes <= 2_000_000_000,
+        w,
+        "max_import_bytes",
+        "1000..2000000000",
+        web.max_import_bytes,
     )

@@ -5,6 +5,7 @@ photos), by training (so decoding is identical on both sides) and by convert (ca
 
 from __future__ import annotations
 
+import io
 from collections.abc import Iterable
 from pathlib import Path
 
@@ -26,32 +27,38 @@ def list_images(folder: Path) -> list[Path]:
 
 def load_image(path: str | Path) -> np.ndarray:
     """Decode an image file to an HxWx3 uint8 BGR array. Raises ValueError if it cannot be read."""
-    import cv2  # imported here so `import device.images` stays cheap
-
     path = Path(path)
     try:
         data = np.fromfile(path, dtype=np.uint8)
     except OSError as exc:
         raise ValueError(f"cannot read image file {path}: {exc}") from exc
+    return decode_image(data.tobytes(), str(path))
+
+
+def decode_image(data: bytes, name: str = "image") -> np.ndarray:
+    """Decode an image file's bytes (as `load_image` does; the web page's uploads) to HxWx3 uint8
+    BGR. Raises ValueError naming `name` if they are not a readable image."""
+    import cv2  # imported here so `import device.images` stays cheap
+
     image = None
-    if data.size:
+    if data:
         # IMREAD_COLOR converts grayscale/RGBA/palette to BGR and 16-bit to 8-bit.
-        image = cv2.imdecode(data, cv2.IMREAD_COLOR)
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     if image is None:
-        image = _load_with_pillow(path)
+        image = _load_with_pillow(data)
     if image is None:
-        raise ValueError(f"{path} is not a readable image (empty, truncated or unsupported format)")
+        raise ValueError(f"{name} is not a readable image (empty, truncated or unsupported format)")
     return np.ascontiguousarray(image)
 
 
-def _load_with_pillow(path: Path) -> np.ndarray | None:
+def _load_with_pillow(data: bytes) -> np.ndarray | None:
     """Fallback for formats OpenCV lacks (e.g. GIF), when Pillow happens to be installed."""
     try:
         from PIL import Image
     except ImportError:
         return None
     try:
-        with Image.open(path) as im:
+        with Image.open(io.BytesIO(data)) as im:
             if im.mode in ("I;16", "I;16B", "I;16L", "I"):
                 arr = np.asarray(im, dtype=np.float32)
                 peak = max(float(arr.max()), 1.0)

@@ -16,7 +16,8 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -251,6 +252,67 @@ def synthetic_source_from_spec(
     placements, n = make_schedule(photos, width=width, height=height, seed=0)
     scene = SyntheticScene(width, height, seed=0, noise=2.0, drift=0.1)
     return SyntheticSource(scene, placements, n)
+
+
+class LoopingSource:
+    """An endless `FrameSource` playing a `SyntheticSource` over and over at `fps` frames per
+    second, like a camera: `synthetic-live:PHOTOS_DIR`, for trying the web page without a camera
+    and for the browser test. Each round starts with the schedule's empty lead-in."""
+
+    finite = False
+
+    def __init__(
+        self,
+        source: SyntheticSource,
+        fps: float,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        sleep: Callable[[float], None] = time.sleep,
+    ) -> None:
+        self.source = source
+        self.period = 1.0 / fps
+        self._clock = clock
+        self._sleep = sleep
+        self._next: float | None = None
+
+    def read(self) -> np.ndarray | None:
+        frame = self.source.read()
+        if frame is None:
+            self.source.index = 0
+            frame = self.source.read()
+        now = self._clock()
+        if self._next is None or now - self._next > 1.0:  # first frame, or far behind: resync
+            self._next = now
+        self._next += self.period
+        if self._next > now:
+            self._sleep(self._next - now)
+        return frame
+
+    def close(self) -> None:
+        self.source.close()
+
+    def __enter__(self) -> LoopingSource:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
+def live_synthetic_source_from_spec(
+    spec: str, *, width: int = 640, height: int = 480, fps: float = 15.0
+) -> LoopingSource:
+    """`synthetic-live:PHOTOS_DIR`: the products of PHOTOS_DIR placed in turn, each held for 3 s,
+    forever, in real time."""
+    folder = spec.split(":", 1)[1]
+    if not Path(folder).is_dir():
+        raise ValueError(f"{spec!r}: {folder} is not a folder of product photos")
+    photos = load_photos(folder, per_product=1)
+    hold, gap = max(1, round(3.0 * fps)), max(1, round(2.0 * fps))
+    placements, n = make_schedule(
+        photos, width=width, height=height, seed=0, hold=hold, gap=gap, lead_in=gap
+    )
+    scene = SyntheticScene(width, height, seed=0, noise=2.0, drift=0.0)
+    return LoopingSource(SyntheticSource(scene, placements, n), fps)
 
 
 def write_frames(source: SyntheticSource, out: str | Path, *, fps: float = 15.0) -> Path:

@@ -143,7 +143,8 @@ if "/usr/lib/python3/dist-packages" not in numpy.__file__:
              "`/opt/prodrec/venv/bin/pip uninstall numpy`")
 import picamera2  # noqa: F401
 from ai_edge_litert.interpreter import Interpreter  # noqa: F401
-print("   picamera2 and ai_edge_litert import")
+import starlette, uvicorn, multipart  # noqa: F401,E401 - the web page ([web])
+print("   picamera2, ai_edge_litert and the web server import")
 EOF
   # The model that will run: the installed one on an upgrade (kept), else the one to install.
   check_model=$MODEL_SRC
