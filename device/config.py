@@ -432,7 +432,7 @@ def validate_outputs(cfg: Config, where: str = "config") -> None:
             pin,
         )
     _check(
-        g.known_pin == "" or g.known_pin != g.unknown_pin,
+        g.known_pin == "" or gpio_pin_number(g.known_pin) != gpio_pin_number(g.unknown_pin),
         w,
         "unknown_pin",
         "another pin than known_pin",

@@ -186,8 +186,13 @@ class Outputs(Closing):
         expired, last error; for the status line and the web status."""
         out: dict[str, dict[str, Any]] = {}
         for o in self.outputs:
-            s = self.workers[o.name].stats()
-            s["state"] = o.state() if not self.workers[o.name].failing else "failing"
+            worker = self.workers[o.name]
+            s = worker.stats()
+            # The output's own words ("disconnected: cannot reach the broker ..."), unless it
+            # looks fine while its deliveries fail (e.g. no acknowledgement).
+            s["state"] = o.state()
+            if worker.failing and s["state"] in ("ok", "connected"):
+                s["state"] = f"failing ({worker.last_error})"
             out[o.name] = s
         if self.gpio is not None:
             out[self.gpio.name] = self.gpio.stats()

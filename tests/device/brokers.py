@@ -145,6 +145,10 @@ class Subscriber:
         with self.lock:
             return [m for m in self.messages if m.topic == topic]
 
+    def on_prefix(self, prefix: str) -> list[Received]:
+        with self.lock:
+            return [m for m in self.messages if m.topic.startswith(prefix)]
+
     def close(self) -> None:
         self.client.disconnect()
         self.client.loop_stop()
@@ -182,7 +186,9 @@ class WebhookReceiver:
         self.server = ThreadingHTTPServer(("127.0.0.1", port or 0), Handler)
         self.port = int(self.server.server_address[1])
         self.url = f"http://127.0.0.1:{self.port}/hook"
-        self.thread = threading.Thread(target=self.server.serve_forever, daemon=True)
+        self.thread = threading.Thread(
+            target=self.server.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True
+        )
         self.thread.start()
 
     def accepted(self) -> list[bytes]:
