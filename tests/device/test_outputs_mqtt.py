@@ -7,6 +7,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import signal
 import subprocess
 import sys
@@ -262,3 +263,37 @@ def test_topic_prefix_default_and_node_id() -> None:
     assert all(HA_TOPIC.match(t) for t in out.discovery_configs())
     assert MqttOutput(MqttConfig(host="x", topic_prefix="shop/a")).topic("last") == "shop/a/last"
     json.dumps(out.discovery_configs())
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_sub") is None, reason="mosquitto-clients missing")
+def test_readme_mosquitto_sub_example(tmp_path: Path, broker: Mosquitto) -> None:
+    # README: mosquitto_sub -h broker.local -t 'prodrec/#' -v
+    proc = subprocess.Popen(
+        [
+            "mosquitto_sub",
+            "-h",
+            "127.0.0.1",
+            "-p",
+            str(broker.port),
+            "-t",
+            "prodrec/#",
+            "-v",
+            "-W",
+            "10",
+        ],
+        stdout=subprocess.PIPE,
+        text=True,
+    )
+    db = tmp_path / "g.db"
+    try:
+        with Gallery(db) as gallery, outputs_for(mqtt_config(broker.port), db) as outputs:
+            ev = event(1)
+            write(gallery, outputs, ev)
+            assert proc.stdout is not None
+            lines = [proc.stdout.readline().rstrip("\n") for _ in range(3)]
+    finally:
+        proc.kill()
+        proc.wait(5)
+    assert f"{PREFIX}/available online" in lines
+    line = next(line for line in lines if line.startswith(f"{PREFIX}/events "))
+    assert json.loads(line.split(" ", 1)[1])["id"] == ev["id"]

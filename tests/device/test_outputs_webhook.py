@@ -6,6 +6,8 @@ import hashlib
 import hmac
 import json
 import logging
+import subprocess
+import sys
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -13,10 +15,10 @@ import pytest
 
 from device.config import Config, WebhookConfig
 from device.gallery import Gallery
-from device.outputs import Outputs, WebhookOutput
+from device.outputs import Outputs, RejectedError, WebhookOutput
 from device.outputs.webhook import EVENT_ID_HEADER, SIGNATURE_HEADER
 
-from .brokers import WebhookReceiver, free_port, wait_for
+from .brokers import WebhookReceiver, free_port, port_open, wait_for
 from .test_outbox import event, write
 
 
@@ -109,3 +111,35 @@ def test_restart_with_a_backlog_delivers_it(tmp_path: Path) -> None:
 def test_url_credentials_stay_out_of_the_status() -> None:
     out = WebhookOutput(WebhookConfig(url="https://user:pw@example.org/hook", secret="x"))
     assert "pw" not in out.describe() and "example.org/hook" in out.describe()
+
+
+def readme_receiver() -> str:
+    """The minimal webhook receiver README.md's "Integrations" shows."""
+    text = (Path(__file__).resolve().parents[2] / "README.md").read_text()
+    after = text.split("A minimal receiver that checks the signature", 1)[1]
+    return after.split("```python\n", 1)[1].split("```", 1)[0]
+
+
+def test_readme_receiver_checks_the_signature(tmp_path: Path) -> None:
+    script = tmp_path / "receiver.py"
+    script.write_text(readme_receiver())
+    port = free_port()
+    proc = subprocess.Popen(
+        [sys.executable, str(script), str(port), "change me"],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.DEVNULL,
+        text=True,
+    )
+    try:
+        wait_for(lambda: port_open(port), what="the README's receiver")
+        url = f"http://127.0.0.1:{port}/prodrec"
+        ev = event(1)
+        good = WebhookOutput(WebhookConfig(url=url, secret="change me"))
+        assert good.send(ev, None) == "HTTP 204"
+        assert proc.stdout is not None
+        assert proc.stdout.readline().split()[:3] == [ev["id"], ev["label"], ev["status"]]
+        with pytest.raises(RejectedError, match="HTTP 401"):
+            WebhookOutput(WebhookConfig(url=url, secret="wrong")).send(ev, None)
+    finally:
+        proc.kill()
+        proc.wait(5)
