@@ -107,6 +107,11 @@ class Outputs(Closing):
             self.gpio = GpioSink(config.gpio, pin_factory=gpio_pin_factory)
 
     def _prepare_outbox(self) -> None:
+        from ..gallery import Gallery
+
+        # The product schema first (created or migrated as any command would): the outbox is a
+        # table of the product database, never the first table of a new file.
+        Gallery(self.db_path, check=False).close()
         try:
             conn = outbox.connect(self.db_path)
         except sqlite3.Error as exc:
@@ -212,8 +217,10 @@ class Outputs(Closing):
 
     def close(self) -> None:
         workers, self.workers = self.workers, {}
+        for w in workers.values():
+            w.stop()
         for o in self.outputs:
-            o.close()  # first: unblocks a worker waiting for an acknowledgement
+            o.close()  # unblocks a worker waiting for an acknowledgement
         for w in workers.values():
             w.close()
         self.outputs = []

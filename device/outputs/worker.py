@@ -70,11 +70,15 @@ class DeliveryWorker(Closing):
         """New rows were committed: look now instead of after `idle_s`."""
         self._wake.set()
 
+    def stop(self) -> None:
+        """Ask the thread to stop after the delivery under way (see `close`)."""
+        self._stop.set()
+        self._wake.set()
+
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread. A delivery under way is given up to `timeout` seconds; its row
         stays pending (delivered again after a restart: the event id tells receivers)."""
-        self._stop.set()
-        self._wake.set()
+        self.stop()
         if self._started and self._thread.is_alive():
             self._thread.join(timeout)
 
@@ -160,6 +164,12 @@ class DeliveryWorker(Closing):
             return True
         try:
             event = json.loads(row.payload)
+        except ValueError as exc:  # a damaged row is not retried for a day
+            outbox.finish(conn, row.seq, outbox.REJECTED, f"unreadable: {exc}", now=self.clock())
+            self.rejected += 1
+            logger.error("%s: outbox row of event %s is unreadable: %s", name, row.event_id, exc)
+            return True
+        try:
             what = self.output.send(event, row.crop)
         except RejectedError as exc:
             outbox.finish(conn, row.seq, outbox.REJECTED, str(exc), now=self.clock())
@@ -167,8 +177,9 @@ class DeliveryWorker(Closing):
             self.backlog = max(0, self.backlog - 1)
             logger.error("%s refused event %s (not retried): %s", name, row.event_id, exc)
             return True
-        except (DeliveryError, ValueError) as exc:
-            self._failed(conn, row, str(exc))
+        except DeliveryError as exc:
+            if not self._stop.is_set():  # cut short by a stop: not a failure of the receiver
+                self._failed(conn, row, str(exc))
             return False
         except Exception as exc:  # an adapter's bug must not end delivery: logged, retried
             logger.exception("%s: unexpected error delivering event %s", name, row.event_id)

@@ -120,8 +120,10 @@ def test_given_up_after_max_age(tmp_path: Path, caplog: pytest.LogCaptureFixture
             outbox.enqueue(conn, o.owed, new["id"], json.dumps(new))
         caplog.set_level(logging.WARNING)
         o.start()
-        wait_for(lambda: r.got == [new["id"]], what="the young event")
-        assert [x[2] for x in rows(db)] == ["expired", "delivered"]
+        wait_for(
+            lambda: [x[2] for x in rows(db)] == ["expired", "delivered"], what="the rows marked"
+        )
+        assert r.got == [new["id"]]
         assert o.stats()["r"]["expired"] == 1
         assert "1 given up" in o.status_text()
     assert f"gave up event {old['id']}" in caplog.text
