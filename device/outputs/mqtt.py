@@ -147,13 +147,18 @@ class MqttOutput(Output):
         self._connected.set()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
-        self._failed(f"cannot reach the broker {self.config.host}:{self.config.port}")
+        what = f"cannot reach the broker {self.config.host}:{self.config.port}"
+        if self.config.tls:  # paho does not say which: a TLS handshake failure looks the same
+            what += " (or the TLS handshake failed: check the port, [mqtt] ca_file and the date)"
+        self._failed(what)
 
     def _on_disconnect(
         self, client: Any, userdata: Any, flags: Any, reason: Any, props: Any
     ) -> None:
+        was_connected = self._connected.is_set()
         self._connected.clear()
-        if self._closing.is_set():
+        # A refused connection is also followed by a disconnect: keep the refusal's words.
+        if self._closing.is_set() or not was_connected:
             return
         self._failed(f"disconnected from the broker ({reason})")
 

@@ -59,17 +59,24 @@ class Mosquitto:
     """A mosquitto broker of the test's own: loopback only, anonymous, persistent (its sessions
     and queued QoS 1 messages survive a stop/start, as a real broker's would with persistence)."""
 
-    def __init__(self, folder: Path) -> None:
+    def __init__(self, folder: Path, users: dict[str, str] | None = None) -> None:
         assert MOSQUITTO is not None
         self.folder = folder
         self.port = free_port()
         self.conf = folder / "mosquitto.conf"
         self.log = folder / "mosquitto.log"
+        auth = "allow_anonymous true\n"
+        if users:  # only these users, with these passwords
+            passwords = folder / "passwords"
+            passwords.touch()
+            for user, password in users.items():
+                subprocess.run(
+                    ["mosquitto_passwd", "-b", str(passwords), user, password], check=True
+                )
+            auth = f"allow_anonymous false\npassword_file {passwords}\n"
         # `user`: as root mosquitto would switch to the user "mosquitto", who cannot write here.
         self.conf.write_text(
-            f"listener {self.port} 127.0.0.1\n"
-            "allow_anonymous true\n"
-            "persistence true\n"
+            f"listener {self.port} 127.0.0.1\n" + auth + "persistence true\n"
             f"persistence_location {folder}/\n"
             f"user {getpass.getuser()}\n"
         )

@@ -297,3 +297,30 @@ def test_readme_mosquitto_sub_example(tmp_path: Path, broker: Mosquitto) -> None
     assert f"{PREFIX}/available online" in lines
     line = next(line for line in lines if line.startswith(f"{PREFIX}/events "))
     assert json.loads(line.split(" ", 1)[1])["id"] == ev["id"]
+
+
+@pytest.mark.skipif(shutil.which("mosquitto_passwd") is None, reason="mosquitto_passwd missing")
+def test_wrong_credentials_keep_the_events(
+    tmp_path: Path, caplog: pytest.LogCaptureFixture
+) -> None:
+    broker = Mosquitto(tmp_path, users={"till": "right"})
+    broker.start()
+    db = tmp_path / "g.db"
+    try:
+        cfg = mqtt_config(broker.port, username="till", password="wrong")
+        with Gallery(db) as gallery, outputs_for(cfg, db) as outputs:
+            write(gallery, outputs, event(1))
+            wait_for(lambda: outputs.stats()["mqtt"]["failed"] >= 2, what="retries")
+            assert "refused the connection" in outputs.status_text()
+            assert outputs.stats()["mqtt"]["backlog"] == 1
+        refused = [
+            r
+            for r in caplog.records
+            if r.name == "device.outputs.mqtt" and "refused the connection" in r.getMessage()
+        ]
+        assert len(refused) == 1 and "wrong" not in caplog.text  # once; no password in logs
+        cfg = mqtt_config(broker.port, username="till", password="right")
+        with outputs_for(cfg, db) as outputs:  # fixed config, restarted: the event goes out
+            wait_for(lambda: outputs.stats()["mqtt"]["delivered"] == 1, what="delivery")
+    finally:
+        broker.stop()
