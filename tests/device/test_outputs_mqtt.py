@@ -179,6 +179,11 @@ def test_discovery_configs_are_what_home_assistant_expects(
         write(gallery, outputs, ev)
         wait_for(lambda: outputs.stats()["mqtt"]["delivered"] == 1, what="the event")
         outputs.set_present(True)
+        probe = Subscriber(broker.port, (f"{PREFIX}/present",), client_id="probe")
+        try:  # the broker has it (retained) before Home Assistant looks
+            wait_for(lambda: probe.on(f"{PREFIX}/present"), what="present state")
+        finally:
+            probe.close()
         # Home Assistant subscribes to homeassistant/# after the configs were published:
         # they must be retained.
         ha = Subscriber(broker.port, ("homeassistant/#", f"{PREFIX}/#"), client_id="home-assistant")
@@ -187,7 +192,7 @@ def test_discovery_configs_are_what_home_assistant_expects(
                 lambda: (m := ha.on_prefix("homeassistant/")) and len(m) == 2 and m,
                 what="two discovery configs",
             )
-            wait_for(lambda: ha.on(f"{PREFIX}/present"), what="present state")
+            wait_for(lambda: ha.on(f"{PREFIX}/present") and ha.on(f"{PREFIX}/last"), what="states")
             retained = {m.topic: m for m in ha.messages if m.retain}
         finally:
             ha.close()
