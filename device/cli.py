@@ -32,14 +32,21 @@ EmbedderFactory = Callable[[str, int], Any]
 
 
 def _load_embedder(path: str, num_threads: int) -> Any:
-    from .bundle import bundle_dir_of
-    from .embedder import Embedder
+    from .app import load_embedder
 
     # --model may name the bundle's model.json or .tflite instead of its folder.
-    return Embedder(bundle_dir_of(path), num_threads=num_threads)
+    return load_embedder(path, num_threads)
 
 
 embedder_factory: EmbedderFactory = _load_embedder
+
+
+def _app(cfg: Config, *, create_db: bool = True) -> Any:
+    """The application object every command goes through (device/app.py)."""
+    from .app import DeviceApp
+
+    # Looked up at call time: tests replace `embedder_factory`.
+    return DeviceApp(cfg, embedder_factory=embedder_factory, create_db=create_db)
 
 
 # --- arguments -----------------------------------------------------------------------------------
@@ -228,9 +235,8 @@ def _check_crop_folder(folder: str) -> None:
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
-    from .camera import check_source_library, is_live_spec
-    from .gallery import Gallery
-    from .service import Service, make_notifier
+    from .camera import check_source_library
+    from .service import make_notifier
 
     if cfg.service.save_crops:  # checked before the model loads: a typo fails fast
         _check_crop_folder(cfg.service.save_crops)
@@ -245,22 +251,17 @@ def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
 
     old = {s: signal.signal(s, on_signal) for s in (signal.SIGTERM, signal.SIGINT)}
     try:
-        with (
-            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
-            Gallery(cfg.gallery.path) as gallery,
-        ):
+        with _app(cfg) as app:
+            app.embedder  # noqa: B018 - the model, then the database: as before, a bad model fails first
+            app.gallery()
             # The service retries a failing camera; a missing camera library cannot come back.
             check_source_library(cfg.camera.source)
-            service = Service(
-                cfg,
+            stats = app.run(
                 source_factory=lambda: _open_source(cfg),
-                embedder=embedder,
-                gallery=gallery,
-                notifier=make_notifier(),
+                max_frames=args.max_frames,
                 should_stop=stop.is_set,
-                retry=is_live_spec(cfg.camera.source),
+                notifier=make_notifier(),
             )
-            stats = service.run(max_frames=args.max_frames)
         logger.info(
             "stopped: %d frames, %d events, %d camera errors",
             stats.frames,
@@ -277,11 +278,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
     from .enroll import (
         EnrollAborted,
         EnrollInterrupted,
-        enroll_from_images,
-        guided_enroll,
-        stored_views,
     )
-    from .gallery import Gallery
 
     if not args.from_images and not args.name:
         raise ValueError('give the product name: python -m device enroll "Name"')
@@ -315,45 +312,12 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         return line
 
     try:
-        with (
-            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
+        with _app(cfg) as app:
+            embedder = app.embedder
             # The camera before the database: a failing camera must not leave an empty one.
-            _open_source(cfg) if not args.from_images else contextlib.nullcontext() as source,
-            Gallery(cfg.gallery.path) as gallery,
-        ):
-            if args.from_images:
-                enroll_from_images(
-                    args.from_images,
-                    embedder=embedder,
-                    gallery=gallery,
-                    config=cfg,
-                    name=args.name,
-                    code=args.code,
-                    append=args.append,
-                    skip_existing=args.skip_existing,
-                    say=say,
-                )
-                return EXIT_OK
-            before = stored_views(gallery, args.name)
-            try:
-                guided_enroll(
-                    args.name,
-                    source=source,
-                    embedder=embedder,
-                    gallery=gallery,
-                    config=cfg,
-                    code=args.code,
-                    append=args.append,
-                    ask=ask,
-                    say=say,
-                )
-            except KeyboardInterrupt:
-                # The signal may land just after the product's transaction committed.
-                if stored_views(gallery, args.name) > before:
-                    say(f"\nEnrollment interrupted after {args.name.strip()!r} was stored whole.")
-                    return EXIT_INTERRUPTED
-                raise
-            return EXIT_OK
+            source = _open_source(cfg) if not args.from_images else contextlib.nullcontext()
+            with source:
+                return _enroll(args, app.gallery(), embedder, cfg, source, say, ask)
     except EnrollAborted as exc:
         say(f"Enrollment stopped ({exc}): nothing was stored.")
         return EXIT_ABORTED
@@ -367,26 +331,56 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         signal.signal(signal.SIGTERM, old)
 
 
-def _require_database(cfg: Config) -> None:
-    """Commands that read or change stored products never create a database: a mistyped --db
-    must say so, not report an empty product list."""
-    from .errors import GalleryError
+def _enroll(
+    args: argparse.Namespace,
+    gallery: Any,
+    embedder: Any,
+    cfg: Config,
+    source: Any,
+    say: Callable[[str], None],
+    ask: Callable[[str], str],
+) -> int:
+    from .enroll import enroll_from_images, guided_enroll, stored_views
 
-    path = Path(cfg.gallery.path)
-    if not path.is_file():
-        raise GalleryError(
-            f"no product database at {path}: check --db / [gallery] path (a database is created "
-            "by `enroll`, `gallery import` or `run`)"
+    if args.from_images:
+        enroll_from_images(
+            args.from_images,
+            embedder=embedder,
+            gallery=gallery,
+            config=cfg,
+            name=args.name,
+            code=args.code,
+            append=args.append,
+            skip_existing=args.skip_existing,
+            say=say,
         )
+        return EXIT_OK
+    before = stored_views(gallery, args.name)
+    try:
+        guided_enroll(
+            args.name,
+            source=source,
+            embedder=embedder,
+            gallery=gallery,
+            config=cfg,
+            code=args.code,
+            append=args.append,
+            ask=ask,
+            say=say,
+        )
+    except KeyboardInterrupt:
+        # The signal may land just after the product's transaction committed.
+        if stored_views(gallery, args.name) > before:
+            say(f"\nEnrollment interrupted after {args.name.strip()!r} was stored whole.")
+            return EXIT_INTERRUPTED
+        raise
+    return EXIT_OK
 
 
 def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
-    from .gallery import Gallery
-
-    _require_database(cfg)
-    with Gallery(cfg.gallery.path) as gallery:
+    with _app(cfg, create_db=False) as app:
         if args.action == "list":
-            items = gallery.products()
+            items = app.products()
             if args.json:
                 for p in items:
                     print(
@@ -406,28 +400,19 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
                     print(f"{p.name:<{width}}  {p.n_views:>5}  {p.code or '-'}  {p.created}")
                 print(f"{len(items)} products", file=sys.stderr)
         elif args.action == "rename":
-            stored = gallery.rename(args.old, args.new)
+            stored = app.rename(args.old, args.new).name
             print(f"renamed {args.old!r} to {stored!r}", file=sys.stderr)
         elif args.action == "delete":
-            gallery.delete(args.name)
+            app.delete_product(args.name)
             print(f"deleted {args.name!r}", file=sys.stderr)
         elif args.action == "check":
-            return _check_products(
-                gallery, cfg, as_json=args.json, from_flag=args.threshold is not None
-            )
+            return _check_products(app, as_json=args.json, from_flag=args.threshold is not None)
     return EXIT_OK
 
 
-def _check_products(gallery: Any, cfg: Config, *, as_json: bool, from_flag: bool) -> int:
-    from .audit import check_products, reject_all_threshold
-    from .service import matching_threshold
-
-    with embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder:
-        threshold, source = matching_threshold(cfg, embedder)
-        if gallery.stale_views(embedder.model_id):
-            gallery.reembed(embedder)  # as `run` would: views of an older model are re-embedded
-        emb, labels = gallery.load(embedder.model_id)
-    checks = check_products(emb, labels) if labels else []
+def _check_products(app: Any, *, as_json: bool, from_flag: bool) -> int:
+    report = app.check()  # views of an older model are re-embedded first, as `run` would
+    threshold, source, checks = report.threshold, report.threshold_source, report.checks
     if as_json:
         for c in checks:
             print(json.dumps({**c.__dict__, "flags": c.flags(threshold)}))
@@ -446,7 +431,7 @@ def _check_products(gallery: Any, cfg: Config, *, as_json: bool, from_flag: bool
         print(f"{c.name:<{width}}  {c.views:>5}  {fmt(c.own_score):<5}  {near}")
         for flag in c.flags(threshold):
             print(f"{'':<{width}}  ! {flag}")
-    worst = reject_all_threshold(checks)
+    worst = report.reject_all
     own = [c.own_score for c in checks if c.own_score is not None]
     source = "--threshold" if from_flag else source
     print(f"threshold {threshold:.3f} (from {source})", file=sys.stderr)
@@ -466,20 +451,15 @@ def _check_products(gallery: Any, cfg: Config, *, as_json: bool, from_flag: bool
 
 
 def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
-    from .gallery import Gallery
-    from .transfer import export_gallery, import_gallery, read_gallery_export
+    from .transfer import read_gallery_export
 
     # An import file is checked whole first: a bad one must not create a database at --db.
     export = read_gallery_export(args.file) if args.action == "import" else None
-    if args.action != "import":
-        _require_database(cfg)
     if export is not None:
-        # The model before the database: a bad --model must not leave an empty database behind.
-        with (
-            embedder_factory(cfg.model.path, cfg.model.num_threads) as embedder,
-            Gallery(cfg.gallery.path) as gallery,
-        ):
-            res = import_gallery(gallery, export, embedder, replace=args.replace)
+        with _app(cfg) as app:
+            # The model before the database: a bad --model must not leave an empty database.
+            app.embedder  # noqa: B018
+            res = app.import_gallery(export, replace=args.replace)
         names = lambda items: ", ".join(items) or "none"  # noqa: E731
         print(
             f"imported {len(res.added)} products ({res.reembedded} views re-embedded for this "
@@ -488,13 +468,13 @@ def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
             file=sys.stderr,
         )
         return EXIT_OK
-    with Gallery(cfg.gallery.path) as gallery:
+    with _app(cfg, create_db=False) as app:
         if args.action == "export":
-            n = export_gallery(gallery, args.file, overwrite=args.overwrite)
+            n = app.export_gallery(args.file, overwrite=args.overwrite)
             print(f"exported {n} products to {args.file}", file=sys.stderr)
         elif args.action == "events":
-            for event in gallery.events(args.limit):
-                print(json.dumps(event))
+            for event in app.events(limit=args.limit):
+                print(event.to_json())
     return EXIT_OK
 
 

@@ -21,22 +21,14 @@ import numpy as np
 from .background import BackgroundDetector, Detection
 from .camera import FrameSource
 from .config import Config
-from .crop import Box, object_crop
-from .errors import CameraError
+from .crop import object_crop
+from .enroll_session import EnrollSession
+from .errors import CameraError, NearDuplicateView
 from .gallery import EmbedderLike, Gallery, product_name
 from .images import list_images, load_image
 from .placement import Action, PlacementTracker
 
 logger = logging.getLogger(__name__)
-
-PROMPTS = (
-    "Place the product in front of the camera",
-    "Turn it a quarter turn",
-    "Turn it another quarter turn",
-    "Turn it a last quarter turn",
-    "Lay it on its side",
-    "Turn it upside down",
-)
 
 
 class EnrollAborted(Exception):  # noqa: N818 - an outcome, not a fault
@@ -85,14 +77,6 @@ def progress_summary(stored: list[str], not_stored: list[str], *, append: bool =
         f"{_name_list(not_stored) or 'none'}. Each product is stored whole or not at all: run the "
         "same command again with --skip-existing to add the others without storing these twice."
     )
-
-
-@dataclass(frozen=True)
-class CapturedView:
-    crop: np.ndarray
-    box: Box  # the object's box in the frame
-    crop_box: Box  # the padded square actually cropped
-    embedding: np.ndarray
 
 
 class ViewCapturer:
@@ -165,15 +149,9 @@ def guided_enroll(
 
     `ask` shows a prompt and waits for Enter ("q" aborts); `say` shows progress. Raises
     EnrollAborted (nothing stored) on "q", closed input, a stop request or the end of the source."""
-    name = product_name(name)
-    if not name:
-        raise ValueError("a product needs a name")
-    if gallery.product(name) is not None and not append:
-        raise ValueError(
-            f"a product named {name!r} already exists: choose another name, add views with "
-            "--append, or `products delete` it first"
-        )
     n_views = views or config.enroll.views
+    session = EnrollSession(name, n_views, config.enroll.duplicate_cosine, code=code, append=append)
+    session.check_name(gallery)
     cap = ViewCapturer(source, config, should_stop=should_stop)
 
     def wait_enter(prompt: str) -> None:
@@ -188,42 +166,27 @@ def guided_enroll(
     say("Learning the empty scene...")
     cap.learn_background()
 
-    taken: list[CapturedView] = []
-    refusals = 0
-    while len(taken) < n_views:
-        i = len(taken)
-        prompt = PROMPTS[i] if i < len(PROMPTS) else "Show another side of the product"
-        wait_enter(f"[{i + 1}/{n_views}] {prompt}")
+    while not session.done:
+        wait_enter(f"[{len(session.views) + 1}/{n_views}] {session.prompt()}")
         try:
             frame, det, crop = cap.capture(config.enroll.timeout_s)
         except (TimeoutError, CameraError) as exc:
             say(f"  {exc}; let us try that view again")
             continue
         emb = np.asarray(embedder.embed(crop), dtype=np.float32)
-        if taken:
-            sims = np.stack([v.embedding for v in taken]) @ emb
-            j = int(np.argmax(sims))
-            if sims[j] > config.enroll.duplicate_cosine:
-                refusals += 1
-                say(
-                    f"  refused: this view looks the same as view {j + 1} (similarity "
-                    f"{sims[j]:.3f} > {config.enroll.duplicate_cosine}); turn the product further"
-                )
-                if refusals >= max_refusals:
-                    raise EnrollAborted(f"{refusals} views refused as duplicates")
-                continue
         _, crop_box = object_crop(frame, det.box, config.detector.pad)
-        taken.append(CapturedView(crop, det.box, crop_box, emb))
-        say(f"  view {len(taken)}/{n_views} taken (box {list(det.box)})")
+        try:
+            session.offer(crop, det.box, crop_box, emb)
+        except NearDuplicateView as exc:
+            say(f"  {exc}")
+            if session.refusals >= max_refusals:
+                raise EnrollAborted(f"{session.refusals} views refused as duplicates") from exc
+            continue
+        say(f"  view {len(session.views)}/{n_views} taken (box {list(det.box)})")
 
-    pid = gallery.add_product(
-        name,
-        [(v.embedding, v.crop) for v in taken],
-        embedder.model_id,
-        code=code,
-        append=append,
-        crop_size=config.gallery.crop_size,
-    )
+    pid = session.commit(gallery, embedder.model_id, crop_size=config.gallery.crop_size)
+    name = session.name
+    taken = session.views
     say(f"Stored {name!r} with {len(taken)} views.")
     return pid
 
@@ -362,6 +325,36 @@ def stored_views(gallery: Gallery, name: str) -> int:
     return 0 if product is None else product.n_views
 
 
+def select_views(
+    names: list[str],
+    images: list[np.ndarray],
+    embeddings: np.ndarray,
+    duplicate_cosine: float,
+    stored: np.ndarray | None = None,
+) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str], int]:
+    """(embedding, image) of each photo worth storing, the skipped ones ("name: why"), and how
+    many were skipped as already stored. A photo nearly identical to an earlier one, or to one of
+    the `stored` views, is skipped."""
+    views: list[tuple[np.ndarray, np.ndarray]] = []
+    skipped: list[str] = []
+    already = 0
+    for name, image, emb in zip(names, images, embeddings, strict=True):
+        emb = np.asarray(emb, dtype=np.float32)
+        if stored is not None and stored.size:
+            best = float((stored @ emb).max())
+            if best > duplicate_cosine:
+                skipped.append(f"{name}: near-duplicate of a view already stored ({best:.3f})")
+                already += 1
+                continue
+        if views:
+            sims = np.stack([v[0] for v in views]) @ emb
+            if float(sims.max()) > duplicate_cosine:
+                skipped.append(f"{name}: near-duplicate of another photo ({float(sims.max()):.3f})")
+                continue
+        views.append((emb, image))
+    return views, skipped, already
+
+
 def _photo_views(
     product: str,
     paths: list[Path],
@@ -371,28 +364,21 @@ def _photo_views(
 ) -> tuple[list[tuple[np.ndarray, np.ndarray]], list[str]]:
     """(embedding, photo) of each usable photo of a product, and the skipped ones ("path: why").
     A photo nearly identical to another, or to one of the `stored` views, is skipped."""
-    views: list[tuple[np.ndarray, np.ndarray]] = []
-    skipped: list[str] = []
-    already = 0  # photos whose view is stored already
+    unreadable: list[str] = []
+    names: list[str] = []
+    images: list[np.ndarray] = []
     for path in paths:
         try:
-            image = load_image(path)
+            images.append(load_image(path))
         except ValueError as exc:
-            skipped.append(f"{path}: {exc}")
+            unreadable.append(f"{path}: {exc}")
             continue
-        emb = np.asarray(embedder.embed(image), dtype=np.float32)
-        if stored is not None and stored.size:
-            best = float((stored @ emb).max())
-            if best > config.enroll.duplicate_cosine:
-                skipped.append(f"{path}: near-duplicate of a view already stored ({best:.3f})")
-                already += 1
-                continue
-        if views:
-            sims = np.stack([v[0] for v in views]) @ emb
-            if float(sims.max()) > config.enroll.duplicate_cosine:
-                skipped.append(f"{path}: near-duplicate of another photo ({float(sims.max()):.3f})")
-                continue
-        views.append((emb, image))
+        names.append(str(path))
+    embs = [np.asarray(embedder.embed(image), dtype=np.float32) for image in images]
+    views, dupes, already = select_views(
+        names, images, np.asarray(embs), config.enroll.duplicate_cosine, stored
+    )
+    skipped = unreadable + dupes
     for line in skipped:
         logger.warning("skipped %s", line)
     if not views:

@@ -26,3 +26,19 @@ class RuntimeMissingError(ModelError):
 
 class GalleryError(DeviceError):
     """The product database cannot be opened, read or written."""
+
+
+class ProductExists(ValueError):  # noqa: N818 - named by the contract (docs/ARCHITECTURE.md)
+    """A product of that name is already stored (choose another name, append, or delete it)."""
+
+
+class ProductNotFound(ValueError):  # noqa: N818 - named by the contract
+    """No stored product (or view) has that name or id."""
+
+
+class NearDuplicateView(ValueError):  # noqa: N818 - named by the contract
+    """An enrollment view nearly identical to one already taken: the product was not turned."""
+
+
+class LoopNotRunningError(DeviceError):
+    """A command needs the live loop (camera frames, the embedder's thread), which is not running."""

@@ -26,7 +26,7 @@ import logging
 import sqlite3
 import time
 import unicodedata
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from contextlib import contextmanager
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -36,11 +36,12 @@ from typing import Any, Protocol
 import numpy as np
 
 from .closing import Closing
-from .errors import GalleryError
+from .errors import GalleryError, ProductExists, ProductNotFound
+from .events import Event, new_event_id
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 4
+SCHEMA_VERSION = 5
 MAX_EVENTS = 100_000  # the events table is trimmed to the most recent rows
 TABLES = ("products", "views", "events", "meta")  # the tables of the current schema
 
@@ -86,6 +87,15 @@ class Product:
     code: str | None
     created: str
     n_views: int
+
+
+@dataclass(frozen=True)
+class View:
+    id: int
+    product_id: int
+    model_id: str
+    dim: int
+    created: str
 
 
 def product_name(text: str) -> str:
@@ -211,12 +221,24 @@ def _v3_to_v4(conn: sqlite3.Connection) -> None:
         taken.add(new)
 
 
+def _v4_to_v5(conn: sqlite3.Connection) -> None:
+    # The event's stable id (device/events.py: Event.id); rows logged before get one now.
+    _run_script(
+        conn,
+        """
+        ALTER TABLE events ADD COLUMN uid TEXT;
+        UPDATE events SET uid = lower(hex(randomblob(16))) WHERE uid IS NULL
+        """,
+    )
+
+
 # _MIGRATIONS[i] migrates a database at user_version i to i + 1 (inside one transaction).
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v0_to_v1,
     _v1_to_v2,
     _v2_to_v3,
     _v3_to_v4,
+    _v4_to_v5,
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -474,6 +496,55 @@ class Gallery(Closing):
             ).fetchone()
         return Product(*row) if row else None
 
+    def product_by_id(self, product_id: int) -> Product | None:
+        with self._failures("looking up a product"):
+            row = self.conn.execute(
+                "SELECT p.id, p.name, p.code, p.created, COUNT(v.id) FROM products p "
+                "LEFT JOIN views v ON v.product_id = p.id WHERE p.id = ? GROUP BY p.id",
+                (int(product_id),),
+            ).fetchone()
+        return Product(*row) if row else None
+
+    def views(self, product_id: int) -> list[View]:
+        """The views of a product, oldest first (without their crops: see `view_crop`)."""
+        with self._failures("listing the views"):
+            rows = self.conn.execute(
+                "SELECT id, product_id, model_id, dim, created FROM views WHERE product_id = ? "
+                "ORDER BY id",
+                (int(product_id),),
+            ).fetchall()
+        return [View(*row) for row in rows]
+
+    def view_crop(self, view_id: int) -> bytes:
+        """The stored JPEG crop of a view; ProductNotFound when there is no such view."""
+        with self._failures("reading a stored crop"):
+            row = self.conn.execute(
+                "SELECT crop FROM views WHERE id = ?", (int(view_id),)
+            ).fetchone()
+        if row is None:
+            raise ProductNotFound(f"no view with id {view_id}")
+        return bytes(row[0])
+
+    def set_code(self, name: str, code: str | None) -> None:
+        """Set (or clear, with None or "") the product's code."""
+        name = product_name(name)
+        with self.transaction(f"setting the code of {name!r}") as c:
+            n = c.execute(
+                "UPDATE products SET code = ? WHERE name = ?", (code or None, name)
+            ).rowcount
+            if n == 0:
+                raise ProductNotFound(
+                    f"no product named {name!r} (see `python -m device products list`)"
+                )
+            self._bump(c)
+
+    def delete_view(self, view_id: int) -> None:
+        """Delete one view (a product keeps its other views; it may be left with none)."""
+        with self.transaction(f"deleting the view {view_id}") as c:
+            if c.execute("DELETE FROM views WHERE id = ?", (int(view_id),)).rowcount == 0:
+                raise ProductNotFound(f"no view with id {view_id}")
+            self._bump(c)
+
     def __len__(self) -> int:
         with self._failures("counting the products"):
             return int(self.conn.execute("SELECT COUNT(*) FROM products").fetchone()[0])
@@ -521,7 +592,7 @@ class Gallery(Closing):
         def write(c: sqlite3.Connection) -> int:
             row = c.execute("SELECT id FROM products WHERE name = ?", (name,)).fetchone()
             if row is not None and not append:
-                raise ValueError(
+                raise ProductExists(
                     f"a product named {name!r} already exists: choose another name, add views "
                     "with --append, or `products rename`/`products delete` it first"
                 )
@@ -555,9 +626,11 @@ class Gallery(Closing):
             raise ValueError("the new name is empty")
         with self.transaction(f"renaming the product {old!r}") as c:
             if c.execute("SELECT 1 FROM products WHERE name = ?", (new,)).fetchone():
-                raise ValueError(f"a product named {new!r} already exists")
+                raise ProductExists(f"a product named {new!r} already exists")
             if c.execute("UPDATE products SET name = ? WHERE name = ?", (new, old)).rowcount == 0:
-                raise ValueError(f"no product named {old!r} (see `python -m device products list`)")
+                raise ProductNotFound(
+                    f"no product named {old!r} (see `python -m device products list`)"
+                )
             self._bump(c)
         return new
 
@@ -565,7 +638,7 @@ class Gallery(Closing):
         name = product_name(name)
         with self.transaction(f"deleting the product {name!r}") as c:
             if c.execute("DELETE FROM products WHERE name = ?", (name,)).rowcount == 0:
-                raise ValueError(
+                raise ProductNotFound(
                     f"no product named {name!r} (see `python -m device products list`)"
                 )
             self._bump(c)
@@ -727,13 +800,16 @@ class Gallery(Closing):
 
     # --- events --------------------------------------------------------------------------------
 
-    def log_event(self, event: dict[str, Any]) -> None:
+    def log_event(self, event: Event | Mapping[str, Any]) -> None:
+        """Store one event (an `Event`, or the dict of its JSON line) as a row."""
+        if isinstance(event, Event):
+            event = event.to_dict()
         box, crop_box = event.get("box"), event.get("crop_box")
         with self._failures("logging a recognition event"):
             self.conn.execute(
                 "INSERT INTO events(ts, label, status, score, runner_up, runner_up_score, box, "
-                "latency_ms, model_id, best, crop_box, frame, crop_file) "
-                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
+                "latency_ms, model_id, best, crop_box, frame, crop_file, uid) "
+                "VALUES (?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?, ?)",
                 (
                     event.get("time") or utc_now(),
                     event.get("label"),
@@ -741,13 +817,14 @@ class Gallery(Closing):
                     event.get("score"),
                     event.get("runner_up"),
                     event.get("runner_up_score"),
-                    json.dumps(box) if box is not None else None,
+                    json.dumps(list(box)) if box is not None else None,
                     event.get("latency_ms"),
                     event.get("model_id"),
                     event.get("best"),
-                    json.dumps(crop_box) if crop_box is not None else None,
+                    json.dumps(list(crop_box)) if crop_box is not None else None,
                     event.get("frame"),
                     event.get("crop_file"),
+                    event.get("id") or new_event_id(),
                 ),
             )
             self._events_since_trim += 1
@@ -758,15 +835,31 @@ class Gallery(Closing):
                     (MAX_EVENTS,),
                 )
 
-    def events(self, limit: int = 100) -> list[dict[str, Any]]:
-        """The last `limit` events, oldest first, with the keys of the JSON lines `run` prints."""
+    def events(
+        self,
+        limit: int = 100,
+        *,
+        offset: int = 0,
+        label: str | None = None,
+        status: str | None = None,
+    ) -> list[dict[str, Any]]:
+        """The last `limit` events (skipping the `offset` newest), oldest first, with the keys of
+        the JSON lines `run` prints (and "id"); only those of `label` / `status` when given."""
+        where, params = [], []
+        if label is not None:
+            where.append("label = ?")
+            params.append(product_name(label))
+        if status is not None:
+            where.append("status = ?")
+            params.append(status)
+        sql = (
+            "SELECT uid AS id, ts AS time, label, status, score, best, runner_up, "
+            "runner_up_score, box, crop_box, latency_ms, frame, model_id, crop_file FROM events"
+            + (" WHERE " + " AND ".join(where) if where else "")
+            + " ORDER BY events.id DESC LIMIT ? OFFSET ?"
+        )
         with self._failures("reading the events"):
-            cur = self.conn.execute(
-                "SELECT ts AS time, label, status, score, best, runner_up, runner_up_score, box, "
-                "crop_box, latency_ms, frame, model_id, crop_file FROM events "
-                "ORDER BY id DESC LIMIT ?",
-                (limit,),
-            )
+            cur = self.conn.execute(sql, (*params, int(limit), int(offset)))
             cols = [d[0] for d in cur.description]
             rows = cur.fetchall()
         out = []

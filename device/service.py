@@ -1,21 +1,21 @@
 """The live loop: frame -> background subtraction -> placement -> (once per placement) crop, embed,
-match -> one JSON line on stdout and a row in the events table.
+match -> an `Event` published on the event bus (device/events.py), whose sinks print the JSON line,
+write the events row and save the crop on their own threads: no output ever delays a frame.
+
+Each frame is also published to the frame hub (device/framehub.py) for previews, and the commands
+submitted from other threads (device/commands.py: guided enrollment, reload) are run once per
+frame, here, on the loop thread: it alone owns the camera, the detector, the tracker, the
+embedder and the open enrollment session.
 
 A frame with nothing new costs only the detection on a small copy of the frame; inference runs once
-per placement. The JSON line leaves on the frame of the recognition; its row in the events table is
-written on the next frame (or at stop), so a database commit (and the occasional WAL checkpoint)
-never delays a report. A failing camera is closed and reopened with exponential back-off
-(capped), and the loop carries on when frames come back. Products added by another process (enrollment) are noticed
+per placement. A failing camera is closed and reopened with exponential back-off (capped), and the
+loop carries on when frames come back. Products added by another process (enrollment) are noticed
 every `reload_every_s` seconds and before each recognition, without a restart.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-import os
-import re
-import sys
 import time
 from collections import deque
 from collections.abc import Callable
@@ -27,21 +27,30 @@ import numpy as np
 
 from .background import BackgroundDetector, Detection
 from .camera import FrameSource
+from .commands import (
+    Call,
+    CancelEnroll,
+    CaptureView,
+    CommandQueue,
+    FinishEnroll,
+    ReloadProducts,
+    StartEnroll,
+)
 from .config import Config
 from .crop import object_crop
-from .errors import CameraError, GalleryError
-from .gallery import EmbedderLike, Gallery, utc_now
+from .enroll_session import CapturedViewInfo, EnrollSession
+from .errors import CameraError, ProductNotFound
+from .events import Event, EventBus, new_event_id
+from .framehub import FrameHub, FrameSnapshot
+from .gallery import EmbedderLike, Gallery, encode_jpeg, utc_now
 from .matcher import KNOWN, Match, Matcher
-from .placement import Action, PlacementTracker
+from .placement import Action, PlacementTracker, State
+from .sinks import CropSink, EventLogSink, StdoutSink
 
 logger = logging.getLogger(__name__)
 
 # systemd start-up time asked for before each batch of re-embedding (a batch takes seconds).
 REEMBED_GRACE_S = 60.0
-# Event rows kept in memory while the database refuses them.
-MAX_PENDING_EVENTS = 1000
-# The app's own saved crops: <UTC time>_<frame>_<label>.jpg (pruning never touches other files).
-_CROP_NAME = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z?_\d{7}_.*\.jpg$")
 
 
 class NullNotifier:
@@ -152,7 +161,9 @@ class Recognizer:
 class RunStats:
     frames: int = 0
     n_events: int = 0
-    # The most recent events (bounded: the service runs for months; the table keeps the history).
+    # The most recent events as their JSON lines (bounded: the service runs for months; the table
+    # keeps the history). Filled by the bus's dispatcher (after the crop is saved), complete when
+    # `run` returns.
     events: deque[dict[str, Any]] = field(default_factory=lambda: deque(maxlen=1000))
     camera_errors: int = 0
     recoveries: int = 0
@@ -160,12 +171,32 @@ class RunStats:
     errors: int = 0
 
 
-def _safe_name(text: str) -> str:
-    return re.sub(r"[^A-Za-z0-9._-]+", "_", text)[:60] or "unknown"
+class _Recorder:
+    """The sink that keeps RunStats.events (a deque append: safe from the sink's thread)."""
+
+    name = "run-stats"
+
+    def __init__(self, events: deque[dict[str, Any]]) -> None:
+        self.events = events
+
+    def deliver(self, event: Event, crop_bgr: np.ndarray | None) -> None:
+        self.events.append(event.to_dict())
+
+    def close(self) -> None:
+        pass
+
+
+def default_bus(config: Config, gallery_path: str | Path, out: TextIO | None = None) -> EventBus:
+    """The device's outputs: the JSON line on `out` (stdout), the events row, and the saved crop
+    when [service] save_crops is set."""
+    svc = config.service
+    stages = [CropSink(svc.save_crops, svc.save_crops_keep)] if svc.save_crops else []
+    return EventBus([StdoutSink(out), EventLogSink(gallery_path)], stages=stages)
 
 
 class Service:
-    """One run of the live loop (see `run`)."""
+    """One run of the live loop (see `run`). Everything here belongs to the thread in `run`,
+    except `bus`, `hub` and `commands`, which are made for other threads."""
 
     def __init__(
         self,
@@ -180,13 +211,15 @@ class Service:
         retry: bool = True,
         sleep: Callable[[float], None] = time.sleep,
         clock: Callable[[], float] = time.monotonic,
+        bus: EventBus | None = None,
+        hub: FrameHub | None = None,
+        commands: CommandQueue | None = None,
     ) -> None:
         self.config = config
         self.retry = retry  # False for files and folders: a failure there is final
         self.source_factory = source_factory
         self.embedder = embedder
         self.gallery = gallery
-        self.out = out if out is not None else sys.stdout
         self.notifier = notifier or NullNotifier()
         self.should_stop = should_stop
         self.sleep = sleep
@@ -196,17 +229,19 @@ class Service:
         self.recognizer = Recognizer(embedder, gallery, config, notifier=self.notifier)
         self.stats = RunStats()
         self._busy = 0  # consecutive frames with the scene not empty
-        self._unlogged: list[dict[str, Any]] = []  # events reported but not yet in the database
-        self._events_failing = False  # the database refused the last event rows
-        self.save_dir = Path(config.service.save_crops) if config.service.save_crops else None
-        # The saved crops, oldest first: listed once here, then kept up to date as crops are
-        # saved, so pruning costs no folder listing on the frame of a recognition.
-        self._saved_crops: deque[Path] = deque()
-        if self.save_dir is not None:
-            self.save_dir.mkdir(parents=True, exist_ok=True)
-            self._saved_crops.extend(
-                sorted(p for p in self.save_dir.glob("*.jpg") if _CROP_NAME.match(p.name))
-            )
+        # A bus made here is closed at the end of `run` (so every event is delivered by then);
+        # one given (DeviceApp's) lives on and is only drained.
+        self._own_bus = bus is None
+        self.bus = bus if bus is not None else default_bus(config, gallery.path, out)
+        self._recorder = _Recorder(self.stats.events)
+        self.bus.add(self._recorder)
+        self.hub = hub if hub is not None else FrameHub()
+        self.commands = commands
+        self.camera_state = "starting"  # "ok", "failing", "ended", "stopped"
+        # The frame, detection and enrollment session the commands see (loop thread only).
+        self._frame: np.ndarray | None = None
+        self._det: Detection | None = None
+        self.session: EnrollSession | None = None
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -220,6 +255,7 @@ class Service:
         try:
             while not self.should_stop():
                 self.notifier.watchdog()
+                self._run_commands()
                 if source is None:
                     try:
                         source = self.source_factory()
@@ -237,6 +273,7 @@ class Service:
                     failing = True
                     source.close()
                     source = None
+                    self._frame = self._det = None
                     # The view may have moved or its exposure changed: learn the scene again.
                     self.detector.reset()
                     self.tracker.reset()
@@ -245,12 +282,14 @@ class Service:
                     continue
                 if frame is None:
                     logger.info("the video source ended after %d frames", self.stats.frames)
+                    self.camera_state = "ended"
                     break
                 if failing:
                     failing = False
                     self.stats.recoveries += 1
                     logger.warning("the camera is back; recognising again")
                     self.notifier.status(f"watching; {len(self.recognizer.matcher)} products")
+                self.camera_state = "ok"
                 backoff = cfg.retry_initial_s
                 self.stats.frames += 1
                 try:
@@ -268,14 +307,16 @@ class Service:
                 if max_frames is not None and self.stats.frames >= max_frames:
                     break
         finally:
+            if self.camera_state != "ended":
+                self.camera_state = "stopped"
             try:
-                self._flush_events_or_warn()
-                if self._unlogged:  # stopping while the database still refuses them
-                    logger.error(
-                        "%d event row(s) not written to the database (they are in the printed "
-                        "JSON lines)",
-                        len(self._unlogged),
-                    )
+                if self.commands is not None:
+                    self._run_commands()  # what was submitted before the stop still runs
+                if self._own_bus:
+                    self.bus.close()  # delivers what is queued: every row is written by now
+                else:
+                    self.bus.drain(self.bus.close_timeout_s)
+                    self.bus.remove(self._recorder)
             finally:
                 if source is not None:
                     source.close()
@@ -284,6 +325,7 @@ class Service:
 
     def _camera_failed(self, exc: CameraError, already: bool) -> None:
         self.stats.camera_errors += 1
+        self.camera_state = "failing"
         if not self.retry:
             raise exc
         if already:
@@ -293,65 +335,20 @@ class Service:
             self.notifier.status(f"camera failing: {exc}")
 
     def _wait(self, seconds: float) -> None:
-        """Sleep in short slices so a stop request and the watchdog are served meanwhile."""
+        """Sleep in short slices so a stop request, the watchdog and commands are served."""
         end = self.clock() + seconds
         while not self.should_stop():
             left = end - self.clock()
             if left <= 0:
                 return
             self.notifier.watchdog()
+            self._run_commands()
             self.sleep(min(left, 0.5))
 
-    def flush_events(self) -> None:
-        """Write the reported events not yet in the events table."""
-        while self._unlogged:
-            self.gallery.log_event(self._unlogged[0])
-            self._unlogged.pop(0)
-
-    def _prune_crops(self) -> None:
-        """Delete the oldest saved crops beyond [service] save_crops_keep (names start with the
-        event's UTC time, so name order is age order)."""
-        keep = self.config.service.save_crops_keep
-        while keep and len(self._saved_crops) > keep:
-            old = self._saved_crops.popleft()
-            try:
-                old.unlink(missing_ok=True)
-            except OSError as exc:  # a crop folder problem must not stop recognition
-                logger.warning("could not delete the saved crop %s: %s", old, exc)
-
-    def _flush_events_or_warn(self) -> None:
-        """Write pending event rows; a database that cannot take them (disk full, file made
-        read-only) must not stop recognition: the events are on stdout (the journal) anyway, and
-        the rows are written once it works again (the most recent MAX_PENDING_EVENTS kept)."""
-        try:
-            self.flush_events()
-        except GalleryError as exc:
-            if not self._events_failing:
-                logger.error(
-                    "cannot write events to the product database: %s. Recognition goes on; the "
-                    "events are still printed and are written when the database works again",
-                    exc,
-                )
-                self._events_failing = True
-            dropped = len(self._unlogged) - MAX_PENDING_EVENTS
-            if dropped > 0:
-                logger.error(
-                    "%d event row(s) dropped (only the last %d are kept while the database "
-                    "refuses them; every event is in the printed JSON lines)",
-                    dropped,
-                    MAX_PENDING_EVENTS,
-                )
-                del self._unlogged[:dropped]
-        else:
-            if self._events_failing:
-                logger.warning("events are written to the product database again")
-                self._events_failing = False
-
     def _process(self, frame: np.ndarray, t0: float) -> None:
-        if self._unlogged:
-            self._flush_events_or_warn()
         det = self.detector.detect(frame)
         action = self.tracker.update(det)
+        self._frame, self._det = frame, det
         if det is None and self.tracker.is_empty:
             self.detector.adapt()
             self._busy = 0
@@ -368,7 +365,36 @@ class Service:
                 self.tracker.reset()
                 self._busy = 0
         if action is Action.RECOGNISE and det is not None:
-            self._recognise(frame, det, t0)
+            if self.session is None:
+                self._recognise(frame, det, t0)
+            else:  # an enrollment is going on: a placement is a view to capture, not an event
+                logger.debug("steady object while enrolling %r: not recognised", self.session.name)
+        self.hub.publish(
+            FrameSnapshot(
+                number=self.stats.frames,
+                time=self.clock(),
+                image=frame,
+                roi=self._roi_px(frame),
+                box=None if det is None else det.box,
+                state=self._state(),
+            )
+        )
+
+    def _roi_px(self, frame: np.ndarray) -> tuple[int, int, int, int] | None:
+        x0, y0, x1, y1 = self.config.camera.roi
+        if (x0, y0, x1, y1) == (0.0, 0.0, 1.0, 1.0):
+            return None
+        h, w = frame.shape[:2]
+        return (int(x0 * w), int(y0 * h), int((x1 - x0) * w), int((y1 - y0) * h))
+
+    def _state(self) -> str:
+        if not self.detector.ready:
+            return "learning"
+        if self.tracker.state is State.EMPTY:
+            return "empty"
+        if self.tracker.state is State.CHANGED:
+            return "placed"
+        return "stable" if self.session is not None else "recognised"
 
     def _recognise(self, frame: np.ndarray, det: Detection, t0: float) -> None:
         when = utc_now()  # the frame's time; taken before the inference evicts the caches
@@ -377,41 +403,99 @@ class Service:
         crop, crop_box = object_crop(frame, det.box, self.config.detector.pad)
         m = self.recognizer.match(crop)
         latency_ms = (time.perf_counter() - t0) * 1000.0
-        event: dict[str, Any] = {
-            "time": when,
-            "label": m.label if m.status == KNOWN else "unknown",
-            "status": m.status,
-            "score": round(m.score, 4),
-            "best": m.best_label or None,
-            "runner_up": m.runner_up,
-            "runner_up_score": None if m.runner_up_score is None else round(m.runner_up_score, 4),
-            "box": list(det.box),
-            "crop_box": list(crop_box),
-            "latency_ms": round(latency_ms, 2),
-            "frame": self.stats.frames,
-            "model_id": self.embedder.model_id,
-        }
-        if self.save_dir is not None:
-            import cv2
-
-            stamp = event["time"].replace(":", "").replace("-", "")
-            name = f"{stamp}_{self.stats.frames:07d}_{_safe_name(event['label'])}.jpg"
-            path = self.save_dir / name
-            if cv2.imwrite(str(path), crop):
-                event["crop_file"] = str(path)
-                self._saved_crops.append(path)
-                self._prune_crops()
-            else:
-                logger.warning("could not save the crop to %s", path)
-        try:
-            self.out.write(json.dumps(event) + "\n")
-            self.out.flush()
-        except BrokenPipeError:  # e.g. `... | head`: keep recognising, into the database only
-            logger.warning("stdout is closed: events now go to the events table only")
-            self.out = open(os.devnull, "w")  # noqa: SIM115 - lives as long as the service
-        self.stats.events.append(event)
+        event = Event(
+            id=new_event_id(),
+            time=when,
+            label=m.label if m.status == KNOWN and m.label is not None else "unknown",
+            status=m.status,
+            score=round(m.score, 4),
+            best=m.best_label or None,
+            runner_up=m.runner_up,
+            runner_up_score=None if m.runner_up_score is None else round(m.runner_up_score, 4),
+            box=det.box,
+            crop_box=crop_box,
+            latency_ms=round(latency_ms, 2),
+            frame=self.stats.frames,
+            model_id=self.embedder.model_id,
+        )
+        self.bus.publish(event, crop)
         self.stats.n_events += 1
-        self._unlogged.append(event)  # written on the next frame: see the module's docstring
-        self.notifier.status(f"last: {event['label']} ({m.score:.2f})")
-        # stdout (the journal under systemd) already carries the event: no second line at INFO.
-        logger.debug("%s (%s, %.3f) in %.1f ms", event["label"], m.status, m.score, latency_ms)
+        self.notifier.status(f"last: {event.label} ({m.score:.2f})")
+        # stdout (the journal under systemd) carries the event: no second line at INFO.
+        logger.debug("%s (%s, %.3f) in %.1f ms", event.label, m.status, m.score, latency_ms)
+
+    # --- commands (device/commands.py), run here on the loop thread ----------------------------
+
+    def _run_commands(self) -> None:
+        if self.commands is not None:
+            self.commands.drain(self._handle)
+
+    def _handle(self, command: Any) -> Any:
+        if isinstance(command, Call):
+            return command.fn()
+        if isinstance(command, ReloadProducts):
+            self.recognizer.refresh(force=True)
+            self.stats.reloads += 1
+            return len(self.recognizer.matcher)
+        if isinstance(command, StartEnroll):
+            if self.session is not None:
+                raise ValueError(
+                    f"an enrollment of {self.session.name!r} is in progress: finish or cancel it "
+                    "first"
+                )
+            session = EnrollSession(
+                command.name,
+                command.views,
+                self.config.enroll.duplicate_cosine,
+                code=command.code,
+                append=command.append,
+            )
+            session.check_name(self.gallery)
+            self.session = session
+            logger.info("enrolling %r (%d views)", session.name, session.views_wanted)
+            return session.id
+        if isinstance(command, (CaptureView, FinishEnroll, CancelEnroll)):
+            session = self._session(command.session_id)
+            if isinstance(command, CancelEnroll):
+                self.session = None
+                logger.info("enrollment of %r cancelled: nothing stored", session.name)
+                return None
+            if isinstance(command, CaptureView):
+                return self._capture(session)
+            if not session.done:
+                raise ValueError(
+                    f"{len(session.views)} of {session.views_wanted} views of {session.name!r} "
+                    "taken: capture the others first (or cancel)"
+                )
+            pid = session.commit(
+                self.gallery, self.embedder.model_id, crop_size=self.config.gallery.crop_size
+            )
+            self.session = None
+            self.recognizer.refresh(force=True)  # recognised from the next placement on
+            product = self.gallery.product_by_id(pid)
+            logger.info("stored %r with %d views", session.name, len(session.views))
+            return product
+        raise TypeError(f"not a command: {command!r}")
+
+    def _session(self, session_id: str) -> EnrollSession:
+        if self.session is None or self.session.id != session_id:
+            raise ProductNotFound(f"no enrollment session {session_id!r} (finished or cancelled?)")
+        return self.session
+
+    def _capture(self, session: EnrollSession) -> CapturedViewInfo:
+        frame, det = self._frame, self._det
+        if frame is None or det is None or self.tracker.state is not State.REPORTED:
+            raise ValueError(
+                "no steady object in view: place the product inside the camera's view and keep "
+                "it still until the preview says it is stable"
+            )
+        crop, crop_box = object_crop(frame, det.box, self.config.detector.pad)
+        emb = np.asarray(self.embedder.embed(crop), dtype=np.float32)
+        index = session.offer(crop, det.box, crop_box, emb)
+        return CapturedViewInfo(
+            session.id,
+            index,
+            session.views_wanted,
+            det.box,
+            encode_jpeg(crop, self.config.gallery.crop_size),
+        )

@@ -564,7 +564,7 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
     conn.execute("COMMIT")
     conn.close()
     with Gallery(db) as g:
-        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 4
+        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
         # names normalised (schema 4): the decomposed one is found by its usual spelling
         assert [p.name for p in g.products()] == ["Old", "mjölk", "mjölk (2)"]
         assert g.product("mjölk") is not None
@@ -578,6 +578,8 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
         "then", "Old", [1, 2, 3, 4], "Old", None
     )  # fmt: skip
     assert (new["best"], new["crop_box"], new["frame"]) == ("Old", [4, 5, 9, 9], 12)
+    # schema 5: every row has a stable id, the old ones too (given at migration)
+    assert len(old["id"]) == 32 and len(new["id"]) == 32 and old["id"] != new["id"]
 
 
 def test_export_never_touches_a_file_beside_it(tmp_path: Path, photos, cfg: Config) -> None:

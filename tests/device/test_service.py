@@ -230,26 +230,37 @@ def test_a_database_refusing_event_rows_does_not_stop_recognition(
     from device.errors import GalleryError
 
     cfg = make_config(tmp_path)
+    real = Gallery.log_event
+    failing = {"on": True}
+
+    def log_event(self: Gallery, event: object) -> None:
+        if failing["on"]:
+            raise GalleryError("the disk is full")
+        real(self, event)
+
+    # On the class: the event-row sink writes through its own connection.
+    monkeypatch.setattr(Gallery, "log_event", log_event)
     with Gallery(cfg.gallery.path) as g:
-        real = g.log_event
-        failing = {"on": True}
-
-        def log_event(event: dict) -> None:
-            if failing["on"]:
-                raise GalleryError("the disk is full")
-            real(event)
-
-        monkeypatch.setattr(g, "log_event", log_event)
         out = io.StringIO()
         service = scene_service(cfg, g, photos[:3], out=out)
-        service.should_stop = lambda: service.stats.n_events >= 2
-        stats = service.run()  # both placements recognised while no row can be written
+        seen: dict = {}
+
+        def stop() -> bool:
+            if service.stats.n_events < 2:
+                return False
+            # Both placements recognised and handed to every output while no row can be written.
+            assert service.bus.drain(30)
+            seen["rows"] = g.events(10)
+            failing["on"] = False  # the database works again
+            return True
+
+        service.should_stop = stop
+        stats = service.run()
         assert stats.n_events == 2 and len(out.getvalue().splitlines()) == 2
-        assert g.events(10) == []
+        assert seen["rows"] == []
         errors = [r for r in caplog.records if "cannot write events" in r.getMessage()]
-        assert len(errors) == 1  # said once, not per frame
-        failing["on"] = False
-        service._flush_events_or_warn()  # the database works again: nothing was lost
+        assert len(errors) == 1  # said once, not per event
+        # Written at stop, once the database took them again: nothing was lost.
         assert [r["label"] for r in g.events(10)] == [e["label"] for e in stats.events]
 
 
