@@ -25,6 +25,10 @@ import time
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TYPE_CHECKING, Any, Protocol
+
+if TYPE_CHECKING:
+    import numpy as np
 
 OUTBOX_VERSION = 1
 KEEP_FINISHED_S = 3600.0  # finished rows stay this long (seen by `outputs` status), then go
@@ -65,6 +69,20 @@ class Owed:
 
     name: str
     wants_crop: bool = False
+
+
+class OutboxHook(Protocol):
+    """What the event log needs of the outputs (device/outputs: `Outputs`): the crop as the
+    outbox keeps it, the rows owed for an event (inside the event row's transaction), and a
+    wake-up once they are committed."""
+
+    def crop_jpeg(self, crop_bgr: np.ndarray) -> bytes | None: ...
+
+    def enqueue(
+        self, conn: sqlite3.Connection, event: dict[str, Any], crop_jpeg: bytes | None = None
+    ) -> int: ...
+
+    def notify(self) -> None: ...
 
 
 def connect(path: str | Path, busy_timeout_s: float = 10.0) -> sqlite3.Connection:

@@ -156,18 +156,21 @@ class Outputs(Closing):
 
     # --- called by the event log ---------------------------------------------------------------
 
+    def crop_jpeg(self, crop_bgr: np.ndarray) -> bytes | None:
+        """The crop as the outbox keeps it (JPEG); None when no output sends crops."""
+        if not any(o.wants_crop for o in self.owed):
+            return None
+        from ..gallery import encode_jpeg
+
+        return encode_jpeg(crop_bgr)
+
     def enqueue(
-        self, conn: sqlite3.Connection, event: dict[str, Any], crop_bgr: np.ndarray | None = None
+        self, conn: sqlite3.Connection, event: dict[str, Any], crop_jpeg: bytes | None = None
     ) -> int:
         """Owe `event` (its JSON object, with its stable "id") to every durable output; runs
         inside the caller's transaction, so it is committed with the event row or not at all."""
         if not self.owed:
             return 0
-        crop_jpeg = None
-        if crop_bgr is not None and any(o.wants_crop for o in self.owed):
-            from ..gallery import encode_jpeg
-
-            crop_jpeg = encode_jpeg(crop_bgr)
         return outbox.enqueue(conn, self.owed, str(event["id"]), json.dumps(event), crop_jpeg)
 
     def notify(self) -> None:

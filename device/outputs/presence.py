@@ -21,6 +21,7 @@ from ..closing import Closing
 logger = logging.getLogger(__name__)
 
 EMPTY = "empty"  # FrameSnapshot.state when nothing is on the counter
+LEARNING = "learning"  # the empty scene is being learnt: presence is not known yet
 
 
 class PresenceWatcher(Closing):
@@ -31,6 +32,7 @@ class PresenceWatcher(Closing):
         self.set_present = set_present
         self.poll_s = poll_s
         self.present: bool | None = None  # written by the watcher's thread only
+        self.last_frame = 0  # the number of the last frame looked at (watcher's thread)
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="presence", daemon=True)
         self._thread.start()
@@ -43,6 +45,9 @@ class PresenceWatcher(Closing):
                 if snap is None:
                     continue
                 after = snap.number
+                self.last_frame = after
+                if snap.state == LEARNING:
+                    continue
                 present = snap.state != EMPTY
                 if present != self.present:
                     self.present = present
