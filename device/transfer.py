@@ -83,21 +83,14 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
 
 
 def _write_export(gallery: Gallery, tmp: Path) -> int:
-    with gallery._failures("reading the products to export"), gallery.snapshot():
-        conn = gallery.conn
-        products = conn.execute(
-            "SELECT id, name, code, created FROM products ORDER BY id"
-        ).fetchall()
+    with gallery.snapshot():
+        products = gallery.product_rows()
         items: list[dict[str, Any]] = []
         embs: list[np.ndarray] = []
         with zipfile.ZipFile(tmp, "w", compression=zipfile.ZIP_STORED) as zf:
             for pid, name, code, created in products:
                 views: list[dict[str, Any]] = []
-                for vid, emb, model_id, crop in conn.execute(
-                    "SELECT id, embedding, model_id, crop FROM views WHERE product_id = ? "
-                    "ORDER BY id",
-                    (pid,),
-                ):
+                for vid, emb, model_id, crop in gallery.view_rows(pid):
                     if decode_crop_or_none(crop) is None:
                         # It could never be re-embedded, and would make the file unimportable.
                         logger.warning(
@@ -350,7 +343,7 @@ def import_gallery(
                     continue
                 c.execute("DELETE FROM products WHERE name = ?", (product.name,))
                 replaced.append(product.name)
-            gallery._insert(
+            gallery.insert_product(
                 product.name, product.code, rows, target, created=product.created, conn=c
             )
             added.append(product.name)
@@ -371,14 +364,7 @@ def _check_dim(gallery: Gallery, export: GalleryExport, embedder: EmbedderLike) 
     if not sizes:
         return
     dim = getattr(embedder, "dim", None)
-    if _is_int(dim):
-        expected = {int(dim)}
-    else:
-        with gallery._failures("reading the stored views"):
-            rows = gallery.conn.execute(
-                "SELECT DISTINCT dim FROM views WHERE model_id = ?", (target,)
-            ).fetchall()
-        expected = {int(r[0]) for r in rows}
+    expected = {int(dim)} if _is_int(dim) else gallery.view_dims(target)
     if expected and sizes != expected:
         raise ValueError(
             f"{export.path} is not a valid gallery export: its embeddings of this model "

@@ -22,7 +22,7 @@ import numpy as np
 import pytest
 
 from device.config import Config
-from device.errors import GalleryError
+from device.errors import GalleryError, ProductExists, ProductNotFound
 from device.gallery import SCHEMA_VERSION, Gallery
 from device.service import Recognizer
 from device.transfer import export_gallery, import_gallery, read_gallery_export
@@ -48,15 +48,19 @@ def test_products_views_and_schema(tmp_path: Path, photos) -> None:
             ("Banana", 2, "4011"),
             ("Milk", 1, None),
         ]
-        with pytest.raises(ValueError, match="already exists"):
+        with pytest.raises(ProductExists, match="already exists"):  # a ValueError
             add(g, "Milk", [photos[0][1]], fake)
         add(g, "Milk", [photos[0][1]], fake, append=True)
         emb, labels = g.load(fake.model_id)
         assert emb.shape == (4, fake.dim) and labels == ["Banana", "Banana", "Milk", "Milk"]
         np.testing.assert_allclose(emb[0], fake.embed(photos[2][1]), atol=1e-6)
         g.rename("Milk", "Arla milk")
-        with pytest.raises(ValueError, match="no product"):
+        with pytest.raises(ProductNotFound, match="no product"):  # a ValueError
             g.delete("Milk")
+        with pytest.raises(ProductNotFound):
+            g.rename("Milk", "x")
+        with pytest.raises(ProductExists):
+            g.rename("Arla milk", "Banana")
         g.delete("Banana")
         assert [p.name for p in g.products()] == ["Arla milk"]
         assert g.conn.execute("SELECT COUNT(*) FROM views").fetchone()[0] == 2  # cascade
@@ -75,7 +79,7 @@ def test_product_is_stored_whole_or_not_at_all(tmp_path: Path, photos) -> None:
         # A failure inside the transaction after the product row was written: rolled back.
         rows = [(good.tobytes(), good.size, b"jpeg")]
         with pytest.raises(KeyboardInterrupt), g.transaction() as c:
-            g._insert("Y", None, rows, fake.model_id, conn=c)
+            g.insert_product("Y", None, rows, fake.model_id, conn=c)
             raise KeyboardInterrupt
         assert len(g) == 0 and g.conn.execute("SELECT COUNT(*) FROM views").fetchone()[0] == 0
 
@@ -629,3 +633,13 @@ def test_reembedding_reports_each_batch_and_keeps_finished_batches(
         assert g.stale_views(new.model_id) == 0
     # one extension before, then per batch of 32 (here one batch): time asked for as it goes
     assert notifier.sent.count("extend 60") == 2 and "watchdog" in notifier.sent
+
+
+def test_transfer_uses_the_gallery_public_methods_only() -> None:
+    import re
+
+    import device.transfer
+
+    source = Path(device.transfer.__file__).read_text()
+    assert not re.findall(r"gallery\._\w+", source)
+    assert issubclass(ProductExists, ValueError) and issubclass(ProductNotFound, ValueError)

@@ -1,0 +1,89 @@
+"""The values the product database stores and hands out, and their encodings (names, times,
+embeddings, JPEG crops)."""
+
+from __future__ import annotations
+
+import unicodedata
+from collections.abc import Sequence
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from typing import Protocol
+
+import numpy as np
+
+from ..errors import GalleryError
+
+
+class EmbedderLike(Protocol):
+    """What the device needs of a model: `device.embedder.Embedder` or a test double."""
+
+    model_id: str
+
+    def embed(self, crop_bgr: np.ndarray) -> np.ndarray: ...
+
+    def embed_many(self, crops: Sequence[np.ndarray]) -> np.ndarray: ...
+
+
+@dataclass(frozen=True)
+class Product:
+    id: int
+    name: str
+    code: str | None
+    created: str
+    n_views: int
+
+
+@dataclass(frozen=True)
+class View:
+    id: int
+    product_id: int
+    model_id: str
+    dim: int
+    created: str
+
+
+def product_name(text: str) -> str:
+    """A product name as stored and looked up: trimmed, and in Unicode NFC, so "mjölk" typed on
+    the device and "mjölk" from a folder copied off a Mac (decomposed) are one product."""
+    return unicodedata.normalize("NFC", text).strip()
+
+
+def utc_now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
+
+
+def encode_jpeg(image_bgr: np.ndarray, max_side: int = 320, quality: int = 90) -> bytes:
+    import cv2
+
+    from ..crop import shrink
+
+    ok, buf = cv2.imencode(".jpg", shrink(image_bgr, max_side), [cv2.IMWRITE_JPEG_QUALITY, quality])
+    if not ok:
+        raise ValueError("could not encode the crop as JPEG")
+    return buf.tobytes()
+
+
+def decode_crop_or_none(data: object) -> np.ndarray | None:
+    """The BGR image of a stored crop; None when it is not a readable image."""
+    import cv2
+
+    if not isinstance(data, (bytes, bytearray, memoryview)) or len(data) == 0:
+        return None  # imdecode raises instead of returning None on an empty buffer
+    try:
+        return cv2.imdecode(np.frombuffer(data, dtype=np.uint8), cv2.IMREAD_COLOR)
+    except cv2.error:
+        return None
+
+
+def decode_jpeg(data: bytes) -> np.ndarray:
+    image = decode_crop_or_none(data)
+    if image is None:
+        raise GalleryError("a stored crop is not a readable JPEG: the database is damaged")
+    return image
+
+
+def embedding_blob(emb: np.ndarray) -> bytes:
+    v = np.asarray(emb, dtype="<f4").reshape(-1)
+    if not np.all(np.isfinite(v)):
+        raise ValueError("an embedding holds NaN or infinite values")
+    return v.tobytes()
