@@ -12,6 +12,8 @@ import logging
 import os
 import stat
 import time
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 from types import TracebackType
 from typing import Any, Protocol, runtime_checkable
@@ -265,8 +267,7 @@ def check_source_library(spec: str) -> None:
 
     A missing library is not a transient camera fault: the service must stop with the install
     hint instead of retrying it forever (a camera that is present but fails is retried)."""
-    if spec.strip().lower() in PICAMERA2_SPECS:
-        _import_picamera2()
+    source_kind(spec).check_library()
 
 
 class Picamera2Source(_SourceBase):
@@ -345,6 +346,58 @@ def is_live_spec(spec: str) -> bool:
     return not (spec.startswith("synthetic:") or Path(spec).exists())
 
 
+@dataclass(frozen=True)
+class SourceKind:
+    """One kind of frame source in the registry: which specs it takes, how to open one."""
+
+    name: str
+    matches: Callable[[str], bool]
+    open: Callable[..., FrameSource]  # (spec, width=, height=, fps=, realtime=) -> source
+    check_library: Callable[[], Any] = lambda: None
+
+
+def _open_picamera2(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    return Picamera2Source(width=width, height=height, fps=fps)
+
+
+def _open_index(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    return OpenCVSource(int(spec), width=width, height=height, fps=fps)
+
+
+def _open_synthetic(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    from .synthetic import synthetic_source_from_spec
+
+    return synthetic_source_from_spec(spec, width=width, height=height)
+
+
+def _open_folder(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    return FolderSource(spec, fps=fps if realtime else None)
+
+
+def _open_opencv(spec: str, *, width: int, height: int, fps: float, realtime: bool) -> Any:
+    return OpenCVSource(spec, width=width, height=height, fps=fps)
+
+
+# Tried in order; the last takes anything. Adding a kind of source is one entry here.
+SOURCE_KINDS: list[SourceKind] = [
+    SourceKind(
+        "picamera2",
+        lambda spec: spec.lower() in PICAMERA2_SPECS,
+        _open_picamera2,
+        _import_picamera2,
+    ),
+    SourceKind("camera index", str.isdigit, _open_index),
+    SourceKind("synthetic scene", lambda spec: spec.startswith("synthetic:"), _open_synthetic),
+    SourceKind("folder of images", lambda spec: Path(spec).is_dir(), _open_folder),
+    SourceKind("video file, device or URL (OpenCV)", lambda spec: True, _open_opencv),
+]
+
+
+def source_kind(spec: str) -> SourceKind:
+    spec = spec.strip()
+    return next(kind for kind in SOURCE_KINDS if kind.matches(spec))
+
+
 def open_source(
     spec: str, *, width: int = 640, height: int = 480, fps: float = 15.0, realtime: bool = False
 ) -> FrameSource:
@@ -358,14 +411,5 @@ def open_source(
     anything else                  -> OpenCVSource (video file or URL)
     """
     spec = spec.strip()
-    if spec.lower() in PICAMERA2_SPECS:
-        return Picamera2Source(width=width, height=height, fps=fps)
-    if spec.isdigit():
-        return OpenCVSource(int(spec), width=width, height=height, fps=fps)
-    if spec.startswith("synthetic:"):
-        from .synthetic import synthetic_source_from_spec
-
-        return synthetic_source_from_spec(spec, width=width, height=height)
-    if Path(spec).is_dir():
-        return FolderSource(spec, fps=fps if realtime else None)
-    return OpenCVSource(spec, width=width, height=height, fps=fps)
+    kind = source_kind(spec)
+    return kind.open(spec, width=width, height=height, fps=fps, realtime=realtime)

@@ -2,23 +2,16 @@
 
 from __future__ import annotations
 
-import math
 from dataclasses import asdict, dataclass, replace
 from typing import Any
 
-HEADS = ("arcface", "cosface", "sphereface", "normface", "softmax")
-STRATEGIES = ("default", "mirrored", "multiworker")
+from .heads import get_head, head_names
 
-# (scale s, margin m) as published: ArcFace (Deng et al. 2019) s=64 m=0.5; CosFace (Wang et al.
-# 2018) s=64 m=0.35; SphereFace (Liu et al. 2017) integer m=4 (features normalised here, so a scale
-# is needed: 64 like the other angular heads); NormFace (Wang et al. 2017) has no margin and a fixed
-# scale: 30, the value AM-Softmax/CosFace re-implementations use for normalised softmax.
+# The registered heads (training/heads/, one file each) and their published (scale s, margin m).
+HEADS = head_names()
+STRATEGIES = ("default", "mirrored", "multiworker")
 HEAD_DEFAULTS: dict[str, tuple[float | None, float | None]] = {
-    "arcface": (64.0, 0.5),
-    "cosface": (64.0, 0.35),
-    "sphereface": (64.0, 4.0),
-    "normface": (30.0, 0.0),
-    "softmax": (None, None),
+    name: (get_head(name).default_scale, get_head(name).default_margin) for name in HEADS
 }
 
 # Keras ships ImageNet weights for MobileNetV2 only at these input sizes and widths. Other sizes
@@ -171,12 +164,7 @@ def validate(cfg: FitConfig) -> None:
     s, m = cfg.resolved_scale, cfg.resolved_margin
     if s is not None and not s > 0:
         raise ValueError(f"scale must be > 0, got {s}")
-    if cfg.head == "arcface" and m is not None and not 0.0 <= m < math.pi / 2:
-        raise ValueError(f"ArcFace margin is an angle in radians in [0, pi/2), got {m}")
-    if cfg.head == "cosface" and m is not None and not 0.0 <= m < 2.0:
-        raise ValueError(f"CosFace margin must be in [0, 2), got {m}")
-    if cfg.head == "sphereface" and (m is None or m < 1 or float(m) != int(m)):
-        raise ValueError(f"SphereFace margin is an integer >= 1 (the paper uses 4), got {m}")
+    get_head(cfg.head).check_margin(m)
     if not 0.1 <= cfg.aug_zoom <= 1.0:
         raise ValueError(f"--aug-zoom must be in [0.1, 1], got {cfg.aug_zoom}")
     if not 0.0 <= cfg.aug_colour < 1.0:

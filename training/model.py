@@ -25,6 +25,7 @@ import keras
 import numpy as np
 
 from .config import imagenet_weight_size, is_pretrained, validate_backbone
+from .heads import layers as _head_layers  # noqa: F401 - registers them for loading saved models
 from .heads import make_head
 
 log = logging.getLogger(__name__)

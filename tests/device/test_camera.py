@@ -321,3 +321,24 @@ def test_a_stalled_pi_camera_is_a_camera_error_not_a_hang(monkeypatch: pytest.Mo
     monkeypatch.setitem(sys.modules, "picamera2", types.SimpleNamespace(Picamera2=StalledPicamera2))
     with Picamera2Source() as cam, pytest.raises(CameraError, match="ribbon cable"):
         cam.read()
+
+
+def test_frame_sources_are_chosen_from_the_registry(tmp_path: Path, monkeypatch) -> None:
+    from device import camera
+
+    names = {
+        "picamera2": "picamera2",
+        " 0 ": "camera index",
+        "synthetic:photos": "synthetic scene",
+        str(tmp_path): "folder of images",
+        "rtsp://cam/stream": "video file, device or URL (OpenCV)",
+    }
+    for spec, kind in names.items():
+        assert camera.source_kind(spec).name == kind, spec
+
+    class Fake:
+        finite = True
+
+    kinds = [camera.SourceKind("fake", lambda s: s == "fake:", lambda s, **kw: Fake())]
+    monkeypatch.setattr(camera, "SOURCE_KINDS", kinds + camera.SOURCE_KINDS)
+    assert isinstance(camera.open_source("fake:"), Fake)  # a new kind is one registry entry

@@ -9,14 +9,15 @@ import pytest
 
 tf = pytest.importorskip("tensorflow")
 
-from training.heads import CosineLayer, MarginLoss  # noqa: E402
-from training.margins import (  # noqa: E402
-    arcface_target,
-    cosface_target,
-    margin_logits,
-    sphereface_psi,
-    sphereface_target,
-)
+from training.heads import CosineLayer, MarginLoss, get_head  # noqa: E402
+from training.heads.arcface import arcface_target  # noqa: E402
+from training.heads.cosface import cosface_target  # noqa: E402
+from training.heads.sphereface import sphereface_psi, sphereface_target  # noqa: E402
+
+
+def margin_logits(cos, labels, head: str, scale: float, margin: float, **options):  # type: ignore[no-untyped-def]
+    return get_head(head).logits(cos, labels, scale, margin, **options)
+
 
 # Angles across [0, pi], including theta + m > pi for ArcFace's m = 0.5 (theta > pi - 0.5).
 THETAS = np.array(

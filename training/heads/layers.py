@@ -1,10 +1,6 @@
-"""Classification heads and their losses.
-
-Margin heads (arcface, cosface, sphereface, normface) are a `CosineLayer`: normalised class weights,
-output cos(theta) of shape (N, C). The margin is applied in `MarginLoss` from the label, so the
-training model has a single image input; accuracy metrics read the plain cosines (argmax is the same
-as for the margin-free logits). `softmax` is a plain Dense classifier on the embedding.
-"""
+"""The Keras pieces of the angular heads: `CosineLayer` (normalised class weights, outputs
+cos(theta)) and `MarginLoss` (softmax cross-entropy on s * cosines with the label's margin from its
+registered head). Registered for Keras serialisation under the names saved models use."""
 
 from __future__ import annotations
 
@@ -13,7 +9,7 @@ from typing import Any
 import keras
 import tensorflow as tf
 
-from .margins import margin_logits
+from .base import AngularHead, get_head
 
 
 @keras.saving.register_keras_serializable(package="prodrec")
@@ -64,13 +60,16 @@ class MarginLoss(keras.losses.Loss):
         self.margin = float(margin)
         self.easy_margin = bool(easy_margin)
         self.sphereface_lambda = float(sphereface_lambda)
+        head_obj = get_head(head)
+        if not isinstance(head_obj, AngularHead):
+            raise ValueError(f"the {head} head has no cosine margin")
+        self._head = head_obj
 
     def call(self, y_true: Any, y_pred: Any) -> Any:
         labels = tf.cast(tf.reshape(y_true, [-1]), tf.int32)
-        logits = margin_logits(
+        logits = self._head.logits(
             tf.cast(y_pred, tf.float32),
             labels,
-            self.head,
             self.scale,
             self.margin,
             easy_margin=self.easy_margin,
@@ -87,29 +86,3 @@ class MarginLoss(keras.losses.Loss):
             "easy_margin": self.easy_margin,
             "sphereface_lambda": self.sphereface_lambda,
         }
-
-
-def make_head(head: str, num_classes: int) -> keras.layers.Layer:
-    if head == "softmax":
-        return keras.layers.Dense(num_classes, name="head")
-    return CosineLayer(num_classes, name="head")
-
-
-def make_loss(
-    head: str,
-    scale: float | None,
-    margin: float | None,
-    *,
-    easy_margin: bool = False,
-    sphereface_lambda: float = 5.0,
-) -> keras.losses.Loss:
-    if head == "softmax":
-        return keras.losses.SparseCategoricalCrossentropy(from_logits=True, name="softmax_loss")
-    assert scale is not None
-    return MarginLoss(
-        head,
-        scale,
-        margin or 0.0,
-        easy_margin=easy_margin,
-        sphereface_lambda=sphereface_lambda,
-    )
