@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import Any, ClassVar
 
 from ..closing import Closing
@@ -25,6 +26,9 @@ class Output(Closing):
     kind: ClassVar[str] = ""
     name: str = ""  # unique among the outputs, and the outbox's key: keep it stable
     wants_crop: bool = False  # the outbox keeps the event's crop (JPEG) for this output
+    # Set by the delivery worker: an output that learns its receiver is back (MQTT: connected)
+    # calls it to end the worker's back-off early. Any thread.
+    on_ready: Callable[[], None] | None = None
 
     def start(self) -> None:
         """Begin connecting in the background: never blocks on, nor fails for, a receiver that

@@ -145,6 +145,8 @@ class MqttOutput(Output):
         if self._present is not None:
             client.publish(self.topic("present"), _on_off(self._present), qos=1, retain=True)
         self._connected.set()
+        if self.on_ready is not None:
+            self.on_ready()
 
     def _on_connect_fail(self, client: Any, userdata: Any) -> None:
         what = f"cannot reach the broker {self.config.host}:{self.config.port}"

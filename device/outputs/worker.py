@@ -58,6 +58,10 @@ class DeliveryWorker(Closing):
         self.failing = False
         self._wake = threading.Event()
         self._stop = threading.Event()
+        # Set when the receiver is back (the output says so) or on stop: ends a back-off early,
+        # so a broker that returns after a long outage is not left waiting for retry_max_s.
+        self._retry_now = threading.Event()
+        output.on_ready = self.retry_now
         self._thread = threading.Thread(target=self._run, name=f"outbox {output.name}", daemon=True)
         self._started = False
 
@@ -74,6 +78,17 @@ class DeliveryWorker(Closing):
         """Ask the thread to stop after the delivery under way (see `close`)."""
         self._stop.set()
         self._wake.set()
+        self._retry_now.set()
+
+    def retry_now(self) -> None:
+        """The receiver is reachable again: end the back-off (any thread)."""
+        self._retry_now.set()
+
+    def _back_off(self, seconds: float) -> bool:
+        """Wait `seconds` unless the receiver comes back (or a stop); True when it came back."""
+        back = self._retry_now.wait(seconds)
+        self._retry_now.clear()
+        return back and not self._stop.is_set()
 
     def close(self, timeout: float = 5.0) -> None:
         """Stop the thread. A delivery under way is given up to `timeout` seconds; its row
@@ -136,8 +151,10 @@ class DeliveryWorker(Closing):
                         logger.error("%s: cannot update the outbox: %s", name, exc)
                         done = False
                     if not done:
-                        self._stop.wait(backoff)
-                        backoff = min(backoff * 2, self.config.retry_max_s)
+                        if self._back_off(backoff):
+                            backoff = self.config.retry_initial_s
+                        else:
+                            backoff = min(backoff * 2, self.config.retry_max_s)
                         break
                     backoff = self.config.retry_initial_s
         finally:

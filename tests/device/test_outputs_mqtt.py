@@ -329,3 +329,17 @@ def test_wrong_credentials_keep_the_events(
             wait_for(lambda: outputs.stats()["mqtt"]["delivered"] == 1, what="delivery")
     finally:
         broker.stop()
+
+
+def test_broker_back_ends_a_long_back_off(tmp_path: Path, broker: Mosquitto) -> None:
+    # A back-off of 60 s after the first failure; the reconnect must not wait for it.
+    base = mqtt_config(broker.port)
+    cfg = base.replace("outbox", retry_initial_s=60.0, retry_max_s=600.0)
+    db = tmp_path / "g.db"
+    with Gallery(db) as gallery, outputs_for(cfg, db) as outputs:
+        wait_for(lambda: outputs.stats()["mqtt"]["state"] == "connected", what="connected")
+        broker.stop()
+        write(gallery, outputs, event(1))
+        wait_for(lambda: outputs.stats()["mqtt"]["failed"] == 1, what="the first failure")
+        broker.start()
+        wait_for(lambda: outputs.stats()["mqtt"]["delivered"] == 1, timeout=15, what="delivery")
