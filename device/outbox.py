@@ -91,6 +91,9 @@ def connect(path: str | Path, busy_timeout_s: float = 10.0) -> sqlite3.Connectio
         str(path), timeout=busy_timeout_s, isolation_level=None, check_same_thread=False
     )
     conn.execute(f"PRAGMA busy_timeout = {int(busy_timeout_s * 1000)}")
+    # As the Gallery's: in WAL mode a commit is durable at the next checkpoint, not fsync'ed
+    # one by one (a mark lost to a power cut only means one event delivered again).
+    conn.execute("PRAGMA synchronous = NORMAL")
     return conn
 
 

@@ -93,7 +93,11 @@ class EventLogSink:
 
             assert self._path is not None
             # The loop has opened (checked, migrated) this database already.
-            self._log = Gallery(self._path, check=False)
+            gallery = Gallery(self._path, check=False)
+            # Each event row (and what the outputs owe of it) survives a power cut: synced at
+            # its commit, not at the next WAL checkpoint. One fsync per event, on this thread.
+            gallery.conn.execute("PRAGMA synchronous = FULL")
+            self._log = gallery
         return self._log
 
     def deliver(self, event: Event, crop_bgr: np.ndarray | None) -> None:
