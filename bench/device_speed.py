@@ -8,7 +8,8 @@ driver's buffer is) and the given bundle:
   - a frame with nothing new: the service's per-frame work (detection, placement, background
     adaptation) on an empty scene, as a fraction of one inference (target <= 10 %);
   - the frame on which a placement is recognised: capture copy, detection, crop, preprocessing,
-    inference, matching against `--products` products x 4 views, the JSON line and the event row,
+    inference, matching against `--products` products x 4 views, publishing the event (the JSON
+    line and the event row are written by the event bus's sink threads, off the frame),
     relative to the bare interpreter call (target <= 1.15x);
   - one query against 10,000 and 100,000 stored views (target <= 1 ms for 10,000);
   - peak resident memory of `python -m device run` with `--products` products in its database
@@ -148,7 +149,7 @@ def fill_gallery(db: Path, n_products: int, dim: int, model_id: str, views: int 
         for i in range(n_products):
             embs = rng.normal(size=(views, dim)).astype(np.float32)
             embs /= np.linalg.norm(embs, axis=1, keepdims=True)
-            g._insert(
+            g.insert_product(
                 f"product {i:05d}", None, [(e.tobytes(), dim, crop) for e in embs], model_id, conn=c
             )
 
@@ -223,6 +224,7 @@ def frame_costs(model: Path, threads: int, products: int, tmp: Path) -> dict[str
                 emb.embed(crop)
                 embed_only.append(time.perf_counter() - t0)
             assert service.stats.n_events == len(placements), "a placement was missed"
+            service.bus.close()  # the outputs' threads (the loop itself closes them in `run`)
     return {
         "empty_ms": median_ms(empty),
         "empty_p90_ms": float(np.percentile(empty, 90) * 1000),

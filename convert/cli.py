@@ -10,6 +10,13 @@ from pathlib import Path
 from typing import Any
 
 from device.errors import DeviceError
+from device.exitcodes import (
+    EXIT_BAD_INPUT,
+    EXIT_FAILED,
+    EXIT_INTERRUPTED,
+    EXIT_OK,
+    exit_code_for,
+)
 
 from .calibration import DEFAULT_MAX_IMAGES
 from .latency import DEFAULT_RUNS
@@ -18,8 +25,6 @@ from .pipeline import PARITY_FILE, ConvertError, ParityError, convert_run
 from .quantize import QUANT_MODES
 
 log = logging.getLogger(__name__)
-
-EXIT_OK, EXIT_FAILED, EXIT_BAD_INPUT = 0, 1, 2
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -112,9 +117,6 @@ def summary(bundle: Path) -> str:
     return "\n".join(lines)
 
 
-EXIT_INTERRUPTED = 130
-
-
 def _interrupted() -> int:
     print(
         "convert: interrupted: no bundle was written (an existing --out is unchanged)",
@@ -153,9 +155,9 @@ def main(argv: list[str] | None = None) -> int:
     except ParityError as exc:
         print(f"convert: {exc}", file=sys.stderr)
         return EXIT_FAILED
-    except (ValueError, DeviceError) as exc:
+    except (ValueError, DeviceError) as exc:  # a DeviceError is a bundle/runtime problem: 3
         print(f"convert: error: {exc}", file=sys.stderr)
-        return EXIT_BAD_INPUT
+        return exit_code_for(exc) or EXIT_BAD_INPUT
     except ConvertError as exc:
         if "KeyboardInterrupt" in str(exc):  # Ctrl-C inside TensorFlow's converter, wrapped
             return _interrupted()

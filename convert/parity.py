@@ -11,13 +11,9 @@ from typing import Any
 
 import numpy as np
 
+from device.matcher import l2_normalize
+
 DEFAULT_MIN_COSINE = 0.98
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=1, keepdims=True)
-    return x / np.maximum(norms, np.float32(1e-12))
 
 
 def row_cosines(a: np.ndarray, b: np.ndarray) -> np.ndarray:
@@ -63,10 +59,12 @@ def precision_at_1(
     keep = np.array([label in enrolled for label in query_labels], dtype=bool)
     if not keep.any():
         raise ValueError("no query image belongs to an enrolled product: check --enroll/--query")
+    from training.metrics import precision_at_1 as p_at_1
+
     predicted = [products[i] for i in np.argmax(scores, axis=1)]
-    correct = [p == q for p, q, k in zip(predicted, query_labels, keep, strict=True) if k]
+    kept = [(p, q) for p, q, k in zip(predicted, query_labels, keep, strict=True) if k]
     return {
-        "p_at_1": round(float(np.mean(correct)), 6),
+        "p_at_1": round(p_at_1([p for p, _ in kept], [q for _, q in kept]), 6),
         "n_queries": int(keep.sum()),
         "n_products": len(products),
         "n_gallery": len(gallery_labels),
@@ -76,15 +74,17 @@ def precision_at_1(
 
 def labelled_images(root: str | Path) -> list[tuple[Path, str]]:
     """(image, product) pairs from a folder-per-product tree; the label is the top folder's name."""
+    from device.folders import is_hidden, product_dirs
     from device.images import is_image_file
 
     root = Path(root)
     if not root.is_dir():
         raise ValueError(f"{root} is not a folder-per-product tree of images")
     pairs = [
-        (p, p.relative_to(root).parts[0])
-        for p in sorted(root.rglob("*"))
-        if is_image_file(p) and len(p.relative_to(root).parts) > 1
+        (p, folder.name)
+        for folder in product_dirs(root)
+        for p in sorted(folder.rglob("*"))
+        if is_image_file(p) and not any(is_hidden(Path(q)) for q in p.relative_to(root).parts)
     ]
     if not pairs:
         raise ValueError(f"{root} holds no <product>/<image> files")

@@ -5,7 +5,6 @@ from the run's config.json, never re-typed; without one, the caller must say the
 
 from __future__ import annotations
 
-import json
 import logging
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -38,15 +37,10 @@ def _is_count(value: object) -> bool:
 
 
 def read_config(path: Path) -> dict[str, Any]:
-    try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as exc:
-        raise ValueError(
-            f"cannot read {path} ({exc}); is this a RUN_DIR from `training fit`?"
-        ) from exc
-    if not isinstance(data, dict):
-        raise ValueError(f"{path}: expected a JSON object")
-    return data
+    """A RUN_DIR's config.json, format checked (training/run.py: the one reader)."""
+    from training.run import read_run_config
+
+    return read_run_config(path)
 
 
 def _size(value: Any, where: str) -> tuple[int, int]:

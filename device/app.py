@@ -229,11 +229,20 @@ class DeviceApp(Closing):
     # --- the model's work ----------------------------------------------------------------------
 
     def _on_loop(self, fn: Callable[[], Any], timeout: float = 120.0) -> Any:
-        """Run `fn` where embedding is allowed: on the loop thread while `run` is going."""
+        """Run `fn` where embedding is allowed: on the loop thread while `run` is going (it
+        drains the commands once per frame, so a batch waits about a frame), else here under
+        `_embed_lock`."""
         if self.commands.is_open and threading.get_ident() != self._loop_thread:
             return self.submit(Call(fn)).result(timeout)
         with self._embed_lock:
             return fn()
+
+    def _embedder_here(self) -> EmbedderLike:
+        """The embedder for the calling thread: the model itself, or (while the loop runs, on
+        another thread) a stand-in that sends each batch to the loop thread."""
+        if self.commands.is_open and threading.get_ident() != self._loop_thread:
+            return _ViaLoop(self, self.embedder)
+        return self.embedder
 
     def threshold(self) -> tuple[float, str]:
         """The threshold in force and where it comes from."""
@@ -243,8 +252,9 @@ class DeviceApp(Closing):
 
     def _current_embeddings(self) -> tuple[np.ndarray, list[str]]:
         g = self.gallery()
-        if g.stale_views(self.model_id) and not self.commands.is_open:
-            g.reembed(self.embedder)  # as `run` would: views of an older model are re-embedded
+        if g.stale_views(self.model_id):
+            # As `run` does: views of an older model are re-embedded first.
+            g.reembed(self._embedder_here())
         return g.load(self.model_id)
 
     def check(self) -> CheckReport:
@@ -252,7 +262,7 @@ class DeviceApp(Closing):
         from .audit import check_products, reject_all_threshold
 
         threshold, source = self.threshold()
-        emb, labels = self._on_loop(self._current_embeddings)
+        emb, labels = self._current_embeddings()
         checks = check_products(emb, labels) if labels else []
         return CheckReport(threshold, source, checks, reject_all_threshold(checks))
 
@@ -281,11 +291,11 @@ class DeviceApp(Closing):
         stored = None
         if append:
             existing = g.product(name)
-            emb, labels = self._on_loop(lambda: g.load(self.model_id))
+            emb, labels = g.load(self.model_id)
             if existing is not None:
                 mine = [i for i, label in enumerate(labels) if label == existing.name]
                 stored = emb[mine] if mine else None
-        embs = self._on_loop(lambda: self.embedder.embed_many(list(images)))
+        embs = self._embedder_here().embed_many(list(images))
         views, skipped, already = select_views(
             [f"image {i + 1}" for i in range(len(images))],
             list(images),
@@ -319,8 +329,7 @@ class DeviceApp(Closing):
         from .transfer import import_gallery, read_gallery_export
 
         export = read_gallery_export(path) if isinstance(path, (str, Path)) else path
-        g = self.gallery()
-        return self._on_loop(lambda: import_gallery(g, export, self.embedder, replace=replace))
+        return import_gallery(self.gallery(), export, self._embedder_here(), replace=replace)
 
     # --- events and state ----------------------------------------------------------------------
 
@@ -423,3 +432,19 @@ class DeviceApp(Closing):
         finally:
             self.commands.close()
             self._loop_thread = None
+
+
+class _ViaLoop:
+    """An EmbedderLike whose work runs on the loop thread (DeviceApp._on_loop)."""
+
+    def __init__(self, app: DeviceApp, embedder: EmbedderLike) -> None:
+        self._app, self._embedder = app, embedder
+        self.model_id = embedder.model_id
+        self.dim = getattr(embedder, "dim", None)
+        self.meta = getattr(embedder, "meta", None)
+
+    def embed(self, crop_bgr: np.ndarray) -> np.ndarray:
+        return self._app._on_loop(lambda: self._embedder.embed(crop_bgr))
+
+    def embed_many(self, crops: Sequence[np.ndarray]) -> np.ndarray:
+        return self._app._on_loop(lambda: self._embedder.embed_many(list(crops)))

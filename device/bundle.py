@@ -141,9 +141,9 @@ def sha256_file(path: str | Path) -> str:
 def write_bundle_meta(bundle_dir: str | Path, meta: BundleMeta) -> Path:
     """Write model.json atomically (a crash never leaves a half-written contract)."""
     path = Path(bundle_dir) / META_FILE
-    tmp = path.with_suffix(".json.tmp")
-    tmp.write_text(json.dumps(meta.to_dict(), indent=2, sort_keys=False) + "\n", encoding="utf-8")
-    tmp.replace(path)
+    from .files import write_text_atomic
+
+    write_text_atomic(path, json.dumps(meta.to_dict(), indent=2, sort_keys=False) + "\n")
     return path
 
 

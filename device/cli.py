@@ -1,7 +1,8 @@
 """`python -m device run|enroll|products|gallery`: the device's command line.
 
-Exit codes: 0 done, 1 stopped/aborted with nothing changed, 2 bad configuration or arguments,
-3 model bundle problem, 4 product database problem, 5 camera problem, 130 interrupted.
+Exit codes (device/exitcodes.py, shared with training and convert): 0 done, 1 stopped/aborted with
+nothing changed, 2 bad configuration or arguments, 3 model bundle problem, 4 product database
+problem, 5 camera problem, 130 interrupted.
 Recognition events go to stdout as JSON lines; everything else (logs, prompts) to stderr.
 """
 
@@ -22,10 +23,13 @@ from typing import Any
 from .config import Config, ConfigError, load_config
 from .errors import CameraError, GalleryError, ModelError
 
-logger = logging.getLogger("device")
+# The one scheme (device/exitcodes.py), under the names this module has always used.
+from .exitcodes import EXIT_BAD_INPUT as EXIT_CONFIG
+from .exitcodes import EXIT_CAMERA, EXIT_GALLERY, EXIT_INTERRUPTED, EXIT_MODEL, EXIT_OK
+from .exitcodes import EXIT_FAILED as EXIT_ABORTED
 
-EXIT_OK, EXIT_ABORTED, EXIT_CONFIG, EXIT_MODEL, EXIT_GALLERY, EXIT_CAMERA = 0, 1, 2, 3, 4, 5
-EXIT_INTERRUPTED = 130
+logger = logging.getLogger(__name__)
+
 
 # Tests replace this to run the CLI with a stand-in model; the real one loads a bundle.
 EmbedderFactory = Callable[[str, int], Any]

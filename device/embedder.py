@@ -21,7 +21,7 @@ from .errors import BundleError, ModelError
 from .preprocess import prepare, to_input_tensor
 from .runtime import load_interpreter, runtime_name
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 _FIX = "re-run `python -m convert` and copy model.tflite and model.json together"
 
@@ -49,7 +49,7 @@ class Embedder(Closing):
         except BundleError:
             self.close()
             raise
-        log.info(
+        logger.info(
             "loaded model %s (%s, %s, %dx%d -> %d) with %s, %d thread(s)",
             self.meta.name,
             self.meta.provenance.quantization,

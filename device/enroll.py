@@ -24,6 +24,7 @@ from .config import Config
 from .crop import object_crop
 from .enroll_session import EnrollSession
 from .errors import CameraError, NearDuplicateView
+from .folders import product_images
 from .gallery import EmbedderLike, Gallery, product_name
 from .images import list_images, load_image
 from .placement import Action, PlacementTracker
@@ -206,8 +207,7 @@ def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path
     direct = list_images(folder)
     if direct:
         return [(name or folder.resolve().name, direct)]
-    subs = [(sub.name, list_images(sub)) for sub in sorted(folder.iterdir()) if sub.is_dir()]
-    subs = [(n, paths) for n, paths in subs if paths]
+    subs = product_images(folder)
     if not subs:
         raise ValueError(f"{folder} holds no images (expected DIR/*.jpg or DIR/<product>/*.jpg)")
     if name is not None:

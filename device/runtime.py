@@ -22,7 +22,7 @@ from typing import Any
 
 from .errors import BundleError, RuntimeMissingError
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 # (name reported by runtime_name(), module to import, attribute path to the Interpreter class).
 # TensorFlow: `tensorflow.lite` in sys.modules can be TF's internal package rather than the public
@@ -67,9 +67,9 @@ def _import_interpreter_class() -> tuple[str, Any]:
             # AttributeError: a broken or stub install; treat it like a missing one.
             failures.append(f"{module_name}: {exc}")
             continue
-        log.debug("TFLite runtime: %s", module_name)
+        logger.debug("TFLite runtime: %s", module_name)
         return name, interpreter_cls
-    log.debug("no TFLite runtime imports: %s", "; ".join(failures))
+    logger.debug("no TFLite runtime imports: %s", "; ".join(failures))
     if len(candidates) == 1:
         package = {"ai_edge_litert": "ai-edge-litert", "tflite_runtime": "tflite-runtime"}.get(
             candidates[0][0], candidates[0][0]

@@ -23,7 +23,8 @@ from pathlib import Path
 import numpy as np
 
 from .crop import Box
-from .images import is_image_file, list_images, load_image
+from .folders import product_images
+from .images import is_image_file, load_image
 
 
 @dataclass(frozen=True, eq=False)
@@ -192,9 +193,9 @@ def load_photos(folder: str | Path, per_product: int = 1) -> list[tuple[str, np.
     """(product, BGR photo) pairs from a folder-per-product tree, `per_product` photos each."""
     folder = Path(folder)
     photos = []
-    for sub in sorted(p for p in folder.iterdir() if p.is_dir()):
-        for path in list_images(sub)[:per_product]:
-            photos.append((sub.name, load_image(path)))
+    for name, paths in product_images(folder):
+        for path in paths[:per_product]:
+            photos.append((name, load_image(path)))
     if not photos:
         loose = [p for p in sorted(folder.iterdir()) if is_image_file(p)]
         photos = [(p.stem, load_image(p)) for p in loose]

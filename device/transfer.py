@@ -12,18 +12,15 @@ from __future__ import annotations
 import io
 import json
 import logging
-import os
-import tempfile
 import zipfile
 import zlib
-from contextlib import suppress
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from .files import give_usual_mode
+from .files import atomic_path
 from .gallery import (
     EmbedderLike,
     Gallery,
@@ -63,17 +60,8 @@ def export_gallery(gallery: Gallery, path: str | Path, *, overwrite: bool = Fals
         )
     try:
         # A fresh name: never a file of the user's (or the database) that happens to be there.
-        fd, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-        os.close(fd)
-        tmp = Path(tmp_name)
-        try:
+        with atomic_path(path) as tmp:
             n = _write_export(gallery, tmp)
-            give_usual_mode(tmp)
-            tmp.replace(path)
-        except BaseException:
-            with suppress(OSError):
-                tmp.unlink(missing_ok=True)
-            raise
     except OSError as exc:
         raise ValueError(
             f"cannot write the export file {path} ({exc.strerror or exc}): give a path in a "

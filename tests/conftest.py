@@ -56,6 +56,11 @@ def default_bundle_dir() -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_run_dir(tmp_path_factory: pytest.TempPathFactory, fixture_dir: Path) -> Path:
+    # Device tests run without TensorFlow (as on a Pi): those needing a freshly trained run skip.
+    pytest.importorskip(
+        "tensorflow",
+        reason="tiny_run_dir trains a model: needs TensorFlow (requirements-train.txt)",
+    )
     from training.calibrate import calibrate_run
     from training.config import FitConfig
     from training.fit import fit

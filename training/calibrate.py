@@ -37,12 +37,13 @@ from typing import Any
 
 import numpy as np
 
+from device.folders import product_images
 from device.images import list_images
 
 from . import metrics
 from .embed import ImageEmbedder, KerasEmbedder
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 DEFAULT_TARGET_FAR = 0.01
 DEFAULT_GALLERY_SHOTS = 4
@@ -87,7 +88,7 @@ def leave_class_out_threshold(
     value = metrics.threshold_for_far(impostor, target_far)
     achieved = metrics.false_accept_rate(impostor, value)
     if achieved > target_far:
-        log.warning(
+        logger.warning(
             "calibration cannot reach FAR %.3g: %.1f%% of impostor probes score %.4f or more "
             "(embeddings collapsed onto each other?); threshold capped at %.4f",
             target_far,
@@ -167,12 +168,7 @@ def unseen_split(trained: list[str], data_dir: Path) -> tuple[dict[str, list[Pat
     """{class: sorted images} for the folders of DATA/val (or DATA) not among `trained`."""
     root = data_dir / "val" if (data_dir / "val").is_dir() else data_dir
     known = set(trained)
-    split = {
-        d.name: list_images(d)
-        for d in sorted(root.iterdir())
-        if d.is_dir() and d.name not in known and d.name not in ("train", "val")
-    }
-    split = {c: ps for c, ps in split.items() if ps}
+    split = dict(product_images(root, exclude=known | {"train", "val"}))
     if len(split) < 2:
         raise ValueError(
             f"{root} holds {len(split)} class folder(s) with images that the run was not trained "
@@ -241,7 +237,7 @@ def calibrate_run(
         cfg = read_run_config(run_dir)  # re-read: nothing else in it may be lost
         cfg["threshold"] = threshold
         write_run_config(run_dir, cfg)
-        log.info("wrote threshold %.4f to %s/config.json", threshold["value"], run_dir)
+        logger.info("wrote threshold %.4f to %s/config.json", threshold["value"], run_dir)
     result.update(threshold)
     return result
 

@@ -14,11 +14,12 @@ import logging
 import os
 import sys
 from collections.abc import Sequence
+from dataclasses import Field, fields
 from typing import Any
 
-from .config import HEAD_DEFAULTS, HEADS, STRATEGIES, FitConfig, is_pretrained
+from .config import FitConfig, unfreeze_default
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 PLUGIN_MODULES = ("training.calibrate", "training.evaluate")
 
@@ -32,26 +33,13 @@ class _DefaultsShown(argparse.ArgumentDefaultsHelpFormatter):
         return super()._get_help_string(action)
 
 
-def _unfreeze(text: str) -> tuple[float, ...]:
-    text = text.strip().lower()
-    if text in ("", "0", "none", "no"):
-        return ()
-    if text == "all":
-        return (1.0,)
-    try:
-        return tuple(float(t) for t in text.split(","))
-    except ValueError as exc:
-        raise argparse.ArgumentTypeError(
-            f"--unfreeze takes fractions like 0.25,0.5, 'all' or 'none', got {text!r}"
-        ) from exc
-
-
-def _weights(text: str) -> str | None:
-    return None if text.lower() == "none" else text
+def _flag(f: Field[Any]) -> tuple[str, str]:
+    """(option, argparse dest) of a FitConfig field."""
+    flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+    return flag, flag.lstrip("-").replace("-", "_")
 
 
 def add_fit_parser(sub: Any) -> None:
-    d = FitConfig.__dataclass_fields__
     p = sub.add_parser(
         "fit",
         help="train an embedding extractor on folder-per-class images",
@@ -62,154 +50,42 @@ def add_fit_parser(sub: Any) -> None:
     p.add_argument("data_dir", metavar="DATA_DIR")
     p.add_argument("--out", required=True, metavar="RUN_DIR", help="output folder")
     p.add_argument("--overwrite", action="store_true", help="replace a run already in RUN_DIR")
-    p.add_argument(
-        "--head",
-        choices=HEADS,
-        default=d["head"].default,
-        help="defaults (s, m): " + ", ".join(f"{h} {v}" for h, v in HEAD_DEFAULTS.items()),
-    )
-    p.add_argument("--scale", type=float, default=None, help="logit scale s (default: the head's)")
-    p.add_argument("--margin", type=float, default=None, help="margin m (default: the head's)")
-    p.add_argument("--easy-margin", action="store_true", help="ArcFace: margin only where cos > 0")
-    p.add_argument(
-        "--sphereface-lambda",
-        type=float,
-        default=d["sphereface_lambda"].default,
-        help="SphereFace: weight of the plain cosine in its softened target (lam*cos + psi)/(1 + lam), fixed at the paper's final value",
-    )
-    p.add_argument("--alpha", type=float, default=d["alpha"].default, help="MobileNetV2 width")
-    p.add_argument("--input-size", type=int, default=d["input_size"].default, help="pixels")
-    p.add_argument(
-        "--embedding-dim",
-        type=int,
-        default=d["embedding_dim"].default,
-        help="size of the embedding the device stores and matches",
-    )
-    p.add_argument(
-        "--dropout", type=float, default=d["dropout"].default, help="before the embedding layer"
-    )
-    p.add_argument(
-        "--weights",
-        type=_weights,
-        default="imagenet",
-        help="imagenet, none, a MobileNetV2 .h5 file, or a RUN_DIR/extractor.keras to start from",
-    )
-    p.add_argument(
-        "--epochs",
-        type=int,
-        default=d["epochs"].default,
-        help="TOTAL epochs over all stages (frozen + unfrozen)",
-    )
-    p.add_argument(
-        "--frozen-epochs",
-        type=int,
-        default=d["frozen_epochs"].default,
-        help="first epochs with the backbone frozen",
-    )
-    p.add_argument(
-        "--unfreeze",
-        type=_unfreeze,
-        default=None,
-        help="fractions of backbone blocks unfrozen (top first), one stage each, sharing the "
-        "remaining epochs evenly; 'all' or 'none' (default: "
-        + ",".join(map(str, d["unfreeze"].default))
-        + "; 'all' with --weights none, as a random backbone has nothing to keep frozen)",
-    )
-    p.add_argument("--lr", type=float, default=d["lr"].default, help="learning rate, frozen stage")
-    p.add_argument(
-        "--finetune-lr",
-        type=float,
-        default=d["finetune_lr"].default,
-        help="learning rate of the first unfrozen stage (halved each further stage)",
-    )
-    p.add_argument("--batch-size", type=int, default=d["batch_size"].default, help="per replica")
-    p.add_argument(
-        "--val-split",
-        type=float,
-        default=d["val_split"].default,
-        help="validation share per class when DATA_DIR has no val/",
-    )
-    p.add_argument(
-        "--classes",
-        default=None,
-        help="a subset: comma-separated names, a file with one per line, or a JSON list / "
-        "protocol.json (its train_classes)",
-    )
-    p.add_argument(
-        "--seed", type=int, default=d["seed"].default, help="validation split, shuffling, init"
-    )
-    p.add_argument("--no-augment", action="store_true", help="no augmentation")
-    p.add_argument(
-        "--flip", action="store_true", help="random horizontal flips (off: packaging text)"
-    )
-    p.add_argument(
-        "--aug-zoom",
-        type=float,
-        default=d["aug_zoom"].default,
-        help="smallest random crop, as a fraction of the image side (1 = no zoom)",
-    )
-    p.add_argument(
-        "--aug-colour",
-        type=float,
-        default=d["aug_colour"].default,
-        help="random per-channel gain in [1 - x, 1 + x] (white balance, tinted light; 0 = off)",
-    )
-    p.add_argument(
-        "--aug-erase",
-        type=float,
-        default=d["aug_erase"].default,
-        help="probability of painting one random rectangle over an image (occlusion; 0 = off)",
-    )
-    p.add_argument(
-        "--patience",
-        type=int,
-        default=d["early_stopping_patience"].default,
-        help="early stopping patience (epochs, per stage)",
-    )
-    p.add_argument(
-        "--strategy",
-        choices=STRATEGIES,
-        default="default",
-        help="tf.distribute: mirrored (GPUs), multiworker (hosts, TF_CONFIG)",
-    )
+    for f in fields(FitConfig):
+        if "help" not in f.metadata:
+            continue  # not on the command line
+        m = f.metadata
+        flag, dest = _flag(f)
+        if isinstance(f.default, bool):
+            # --no-x is a plain switch too (its dest no_x is mapped back as "not").
+            p.add_argument(flag, dest=dest, action="store_true", help=m["help"])
+            continue
+        p.add_argument(
+            flag,
+            dest=dest,
+            metavar=None if m["choices"] else dest.upper(),
+            type=m["type"] or type(f.default),
+            choices=m["choices"],
+            default=f.default if m["cli_default"] is ... else m["cli_default"],
+            help=m["help"],
+        )
     p.add_argument("--quiet", action="store_true", help="no progress output")
     p.set_defaults(func=run_fit)
 
 
 def config_from_args(args: argparse.Namespace) -> FitConfig:
-    from .data import parse_classes
-
-    unfreeze = args.unfreeze
-    if unfreeze is None:
-        unfreeze = FitConfig.unfreeze if is_pretrained(args.weights) else (1.0,)
-    return FitConfig(
-        head=args.head,
-        alpha=args.alpha,
-        input_size=args.input_size,
-        embedding_dim=args.embedding_dim,
-        weights=args.weights,
-        dropout=args.dropout,
-        scale=args.scale,
-        margin=args.margin,
-        easy_margin=args.easy_margin,
-        sphereface_lambda=args.sphereface_lambda,
-        epochs=args.epochs,
-        frozen_epochs=args.frozen_epochs,
-        unfreeze=unfreeze,
-        batch_size=args.batch_size,
-        lr=args.lr,
-        finetune_lr=args.finetune_lr,
-        val_split=args.val_split,
-        classes=parse_classes(args.classes),
-        seed=args.seed,
-        augment=not args.no_augment,
-        flip=args.flip,
-        aug_zoom=args.aug_zoom,
-        aug_colour=args.aug_colour,
-        aug_erase=args.aug_erase,
-        early_stopping_patience=args.patience,
-        strategy=args.strategy,
-    )
+    """The FitConfig of parsed `fit` arguments (every option is a field: see `cli` in config.py)."""
+    values: dict[str, Any] = {}
+    for f in fields(FitConfig):
+        if "help" not in f.metadata:
+            continue
+        value = getattr(args, _flag(f)[1])
+        if f.metadata["negate"]:
+            value = not value
+        post = f.metadata["post"]
+        values[f.name] = post(value) if post is not None else value
+    if values["unfreeze"] is None:
+        values["unfreeze"] = unfreeze_default(values["weights"])
+    return FitConfig(**values)
 
 
 def run_fit(args: argparse.Namespace) -> int:
@@ -235,7 +111,7 @@ def _add_plugins(sub: Any) -> None:
         try:
             module = importlib.import_module(name)
         except Exception as exc:  # a broken plug-in must not take `fit` down with it
-            log.warning("cannot load %s (its subcommand is unavailable): %s", name, exc)
+            logger.warning("cannot load %s (its subcommand is unavailable): %s", name, exc)
             continue
         add = getattr(module, "add_parser", None)
         if callable(add):
@@ -261,15 +137,19 @@ def main(argv: Sequence[str] | None = None) -> int:
         stream=sys.stderr,
     )
     from device.errors import DeviceError
+    from device.exitcodes import EXIT_INTERRUPTED, exit_code_for
 
     try:
         return int(args.func(args) or 0)
-    except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle
+    except (ValueError, DeviceError) as exc:  # DeviceError: e.g. a damaged model bundle (3)
+        code = exit_code_for(exc)
+        if code is None:
+            raise
         print(f"error: {exc}", file=sys.stderr)
-        return 2
+        return code
     except KeyboardInterrupt:
         # fit writes its run whole or not at all, calibrate its config.json in one rename.
         print(
             "interrupted: a run being written was discarded; nothing else changed", file=sys.stderr
         )
-        return 130
+        return EXIT_INTERRUPTED

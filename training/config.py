@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, replace
+import argparse
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
 from .heads import get_head, head_names
@@ -35,6 +37,61 @@ class AugmentParams:
     erase: float = 0.0  # probability of one random rectangle painted over (occlusion, a hand)
 
 
+def _unfreeze(text: str) -> tuple[float, ...]:
+    text = text.strip().lower()
+    if text in ("", "0", "none", "no"):
+        return ()
+    if text == "all":
+        return (1.0,)
+    try:
+        return tuple(float(t) for t in text.split(","))
+    except ValueError as exc:
+        raise argparse.ArgumentTypeError(
+            f"--unfreeze takes fractions like 0.25,0.5, 'all' or 'none', got {text!r}"
+        ) from exc
+
+
+def _weights(text: str) -> str | None:
+    return None if text.lower() == "none" else text
+
+
+def _classes(text: str | None) -> tuple[str, ...] | None:
+    from .data import parse_classes  # numpy only; imported when the option is used
+
+    return parse_classes(text)
+
+
+def cli(
+    help: str,
+    *,
+    flag: str | None = None,
+    type: Callable[[str], Any] | None = None,
+    choices: Sequence[str] | None = None,
+    negate: bool = False,
+    cli_default: Any = ...,
+    post: Callable[[Any], Any] | None = None,
+) -> dict[str, Any]:
+    """A FitConfig field's command-line option (`training/cli.py` builds the parser and maps the
+    arguments back from these; a field without it is not on the command line).
+
+    flag: the option (default --field-name); type: the argparse type (default: the default's);
+    negate: a True-by-default bool switched off by the flag; cli_default: the option's default
+    when it is not the field's (None: resolved later); post: converts the parsed value."""
+    return {
+        "help": help,
+        "flag": flag,
+        "type": type,
+        "choices": choices,
+        "negate": negate,
+        "cli_default": cli_default,
+        "post": post,
+    }
+
+
+def _opt(default: Any, help: str, **kw: Any) -> Any:
+    return field(default=default, metadata=cli(help, **kw))
+
+
 @dataclass(frozen=True)
 class FitConfig:
     """Hyper-parameters of `training.fit`. `scale`/`margin` None mean the head's published default.
@@ -43,36 +100,77 @@ class FitConfig:
     embedding layer with the backbone frozen (at `lr`); the rest is split evenly between the
     `unfreeze` stages, each unfreezing the top fraction of the backbone's blocks (at `finetune_lr`,
     halved at every further stage).
+
+    Each field is written once: its command-line option (`cli`) sits next to it.
     """
 
-    head: str = "arcface"
-    alpha: float = 1.0
-    input_size: int = 160
-    embedding_dim: int = 128
-    weights: str | None = "imagenet"
-    dropout: float = 0.2
-    scale: float | None = None
-    margin: float | None = None
-    easy_margin: bool = False
-    sphereface_lambda: float = 5.0
-    epochs: int = 12
-    frozen_epochs: int = 3
-    unfreeze: tuple[float, ...] = (0.25, 0.5)
-    batch_size: int = 32
-    lr: float = 1e-3
-    finetune_lr: float = 1e-4
-    val_split: float = 0.15
-    classes: tuple[str, ...] | None = None
-    seed: int = 0
-    augment: bool = True
-    flip: bool = False
-    aug_zoom: float = 0.70  # smallest crop side (fraction of the stored image side)
-    aug_colour: float = 0.0
-    aug_erase: float = 0.0
-    early_stopping_patience: int = 3
+    head: str = _opt(
+        "arcface",
+        "defaults (s, m): " + ", ".join(f"{h} {v}" for h, v in HEAD_DEFAULTS.items()),
+        choices=HEADS,
+    )
+    alpha: float = _opt(1.0, "MobileNetV2 width")
+    input_size: int = _opt(160, "pixels")
+    embedding_dim: int = _opt(128, "size of the embedding the device stores and matches")
+    weights: str | None = _opt(
+        "imagenet",
+        "imagenet, none, a MobileNetV2 .h5 file, or a RUN_DIR/extractor.keras to start from",
+        type=_weights,
+    )
+    dropout: float = _opt(0.2, "before the embedding layer")
+    scale: float | None = _opt(None, "logit scale s (default: the head's)", type=float)
+    margin: float | None = _opt(None, "margin m (default: the head's)", type=float)
+    easy_margin: bool = _opt(False, "ArcFace: margin only where cos > 0")
+    sphereface_lambda: float = _opt(
+        5.0,
+        "SphereFace: weight of the plain cosine in its softened target (lam*cos + psi)/(1 + lam), "
+        "fixed at the paper's final value",
+    )
+    epochs: int = _opt(12, "TOTAL epochs over all stages (frozen + unfrozen)")
+    frozen_epochs: int = _opt(3, "first epochs with the backbone frozen")
+    unfreeze: tuple[float, ...] = _opt(
+        (0.25, 0.5),
+        "fractions of backbone blocks unfrozen (top first), one stage each, sharing the "
+        "remaining epochs evenly; 'all' or 'none' (default: 0.25,0.5; 'all' with --weights none, "
+        "as a random backbone has nothing to keep frozen)",
+        type=_unfreeze,
+        cli_default=None,  # resolved from --weights by `unfreeze_default`
+    )
+    batch_size: int = _opt(32, "per replica")
+    lr: float = _opt(1e-3, "learning rate, frozen stage")
+    finetune_lr: float = _opt(
+        1e-4, "learning rate of the first unfrozen stage (halved each further stage)"
+    )
+    val_split: float = _opt(0.15, "validation share per class when DATA_DIR has no val/")
+    classes: tuple[str, ...] | None = _opt(
+        None,
+        "a subset: comma-separated names, a file with one per line, or a JSON list / "
+        "protocol.json (its train_classes)",
+        type=str,
+        post=_classes,
+    )
+    seed: int = _opt(0, "validation split, shuffling, init")
+    augment: bool = _opt(True, "no augmentation", flag="--no-augment", negate=True)
+    flip: bool = _opt(False, "random horizontal flips (off: packaging text)")
+    aug_zoom: float = _opt(
+        0.70, "smallest random crop, as a fraction of the image side (1 = no zoom)"
+    )
+    aug_colour: float = _opt(
+        0.0, "random per-channel gain in [1 - x, 1 + x] (white balance, tinted light; 0 = off)"
+    )
+    aug_erase: float = _opt(
+        0.0, "probability of painting one random rectangle over an image (occlusion; 0 = off)"
+    )
+    early_stopping_patience: int = _opt(
+        3, "early stopping patience (epochs, per stage)", flag="--patience"
+    )
     lr_patience: int = 1
     lr_factor: float = 0.3
-    strategy: str = "default"
+    strategy: str = _opt(
+        "default",
+        "tf.distribute: mirrored (GPUs), multiworker (hosts, TF_CONFIG)",
+        choices=STRATEGIES,
+    )
     decode_scale: float = 1.15
 
     def __post_init__(self) -> None:
@@ -104,6 +202,11 @@ class FitConfig:
         data["scale"] = self.resolved_scale
         data["margin"] = self.resolved_margin
         return data
+
+
+def unfreeze_default(weights: str | None) -> tuple[float, ...]:
+    """--unfreeze when not given: the usual stages, or the whole backbone when it starts random."""
+    return FitConfig.unfreeze if is_pretrained(weights) else (1.0,)
 
 
 def is_pretrained(weights: str | None) -> bool:

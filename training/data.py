@@ -26,12 +26,13 @@ from typing import Any
 import numpy as np
 
 from device.bundle import InputSpec
+from device.folders import is_hidden, product_dirs
 from device.images import IMAGE_SUFFIXES, load_image
 from device.preprocess import resize_rgb
 
 from .config import AugmentParams
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Item = tuple[Path, int]
 MIN_IMAGES_PER_CLASS = 2
@@ -98,15 +99,11 @@ def parse_classes(spec: str | Sequence[str] | None) -> tuple[str, ...] | None:
     return tuple(names)
 
 
-def _is_hidden(p: Path) -> bool:
-    return p.name.startswith(".")
-
-
 def _class_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
     images: list[Path] = []
     skipped: list[tuple[Path, str]] = []
     for p in sorted(folder.iterdir()):
-        if _is_hidden(p) or p.is_dir():
+        if is_hidden(p) or p.is_dir():
             continue
         if p.suffix.lower() in IMAGE_SUFFIXES:
             images.append(p)
@@ -116,7 +113,7 @@ def _class_files(folder: Path) -> tuple[list[Path], list[tuple[Path, str]]]:
 
 
 def _class_dirs(root: Path) -> dict[str, Path]:
-    return {p.name: p for p in sorted(root.iterdir()) if p.is_dir() and not _is_hidden(p)}
+    return {p.name: p for p in product_dirs(root)}
 
 
 def _has_class_dirs(root: Path) -> bool:
@@ -233,12 +230,14 @@ class _Progress:
                 if self.done == self.total:
                     print(file=sys.stderr)
         elif self.done >= self.next_log or self.done == self.total:
-            log.info("%s: %d/%d", self.what, self.done, self.total)
+            logger.info("%s: %d/%d", self.what, self.done, self.total)
             self.next_log = self.done + max(1, self.total // 10)
 
     def finish(self) -> None:
         if self.enabled:
-            log.info("%s: %d images in %.1f s", self.what, self.done, time.monotonic() - self.start)
+            logger.info(
+                "%s: %d images in %.1f s", self.what, self.done, time.monotonic() - self.start
+            )
 
 
 def decode_items(

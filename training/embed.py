@@ -26,7 +26,7 @@ from device.preprocess import resize_rgb
 
 from .metrics import l2_normalize
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 EXTRACTOR_FILE = "extractor.keras"
 CONFIG_FILE = "config.json"

@@ -10,7 +10,7 @@ import numpy as np
 
 from . import metrics
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def _pyplot():  # type: ignore[no-untyped-def]
@@ -122,7 +122,7 @@ def plot_embedding_map(
     else:
         all_labels = list(labels)
     if emb.shape[0] < 5:
-        log.warning("too few embeddings (%s) for a 2-D map; skipped", emb.shape[0])
+        logger.warning("too few embeddings (%s) for a 2-D map; skipped", emb.shape[0])
         return None
     perplexity = float(min(30.0, (emb.shape[0] - 1) / 3.0))
     xy = TSNE(

@@ -32,7 +32,7 @@ from . import metrics
 from .embed import ImageEmbedder, embed_split, open_model
 from .protocol import Split, cap_shots, read_protocol, scan_tree
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 REPORT_FILE = "report.json"
 SUMMARY_FILE = "summary.md"
@@ -226,7 +226,7 @@ def evaluate(
                 f"query product(s) {not_enrolled} have no enrollment images; enroll them, or "
                 "pass their photos as --unknown DIR to measure them as unknown products"
             )
-        log.warning("query products without enrollment, counted as unknown: %s", not_enrolled)
+        logger.warning("query products without enrollment, counted as unknown: %s", not_enrolled)
         for p in not_enrolled:
             unknown_split[f"{p}"] = query_split.pop(p)
         if not query_split:

@@ -39,7 +39,7 @@ from .run import (
     write_run_config,
 )
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 HISTORY_COLUMNS = (
     "epoch",
@@ -92,7 +92,7 @@ def fit(
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
-    log.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
+    logger.info("wrote %s in %.0f s", out, time.monotonic() - t_start)
     result.run_dir = out
     return result
 
@@ -135,7 +135,7 @@ def _fit(
 ) -> FitResult:
     dataset = scan_dataset(data_dir, config.classes, val_split=config.val_split, seed=config.seed)
     n_cls = len(dataset.classes)
-    log.info(
+    logger.info(
         "%s: %d classes, %d training and %d validation images (%s layout)",
         dataset.data_dir,
         n_cls,
@@ -162,7 +162,7 @@ def _fit(
     )
     skipped = dataset.skipped + bad_train + bad_val
     if skipped:
-        log.warning(
+        logger.warning(
             "skipped %d unreadable or non-image file(s):\n  %s",
             len(skipped),
             "\n  ".join(f"{p}: {r}" for p, r in skipped),
@@ -215,7 +215,7 @@ def _fit(
                 ),
                 metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")],
             )
-        log.info(
+        logger.info(
             "stage %d/%d: backbone %s (%d trainable backbone weights), lr %.2g, epochs %d-%d",
             i + 1,
             len(plan),
@@ -266,7 +266,9 @@ def _fit(
     best_epoch = keeper.best_epoch
     if keeper.weights is not None:
         model.set_weights(keeper.weights)
-        log.info("restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best)
+        logger.info(
+            "restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best
+        )
     best = keeper.best
     bn_recalibration = None
     if not pretrained:
@@ -395,7 +397,7 @@ def _recalibrate_batchnorm(
         return x
 
     info = recalibrate_batchnorm(extractor, images, batch_size, prepare=prepare)
-    log.info(
+    logger.info(
         "BN recalibration (backbone not pretrained): moving statistics of %d BatchNormalization "
         "layers re-estimated over %d un-augmented training images (%d batches of %d) in %.1f s",
         info["layers"],

@@ -19,11 +19,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
-
-def l2_normalize(x: np.ndarray, eps: float = 1e-12) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norms = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norms, eps)
+# The device's: training, convert and the device normalise embeddings one way.
+from device.matcher import l2_normalize
 
 
 def similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:

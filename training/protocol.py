@@ -15,7 +15,7 @@ from pathlib import Path
 
 from device.images import is_image_file
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 Split = dict[str, list[Path]]
 
@@ -56,7 +56,7 @@ def cap_shots(enroll: Split, shots: int | None) -> tuple[Split, dict[str, int]]:
         raise ValueError(f"--shots must be at least 1, got {shots}")
     short = {k: len(v) for k, v in enroll.items() if len(v) < shots}
     if short:
-        log.warning(
+        logger.warning(
             "products with fewer than %s enrollment shots (used as they are): %s", shots, short
         )
     return {k: list(v[:shots]) for k, v in enroll.items()}, short

@@ -3,8 +3,6 @@
 from __future__ import annotations
 
 import json
-import os
-import tempfile
 from pathlib import Path
 from typing import Any
 
@@ -38,9 +36,15 @@ def read_run_config(run_dir: str | Path) -> dict[str, Any]:
         )
     try:
         cfg = json.loads(path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError) as exc:
+        raise ValueError(
+            f"cannot read {path} ({exc}); is this a RUN_DIR from `training fit`?"
+        ) from exc
     except json.JSONDecodeError as exc:
         raise ValueError(f"{path} is not valid JSON: {exc}") from exc
-    if not isinstance(cfg, dict) or cfg.get("format") != RUN_FORMAT:
+    if not isinstance(cfg, dict):
+        raise ValueError(f"{path} is not a {RUN_FORMAT} config (not a JSON object)")
+    if cfg.get("format") != RUN_FORMAT:
         raise ValueError(f"{path} is not a {RUN_FORMAT} config (format={cfg.get('format')!r})")
     if cfg.get("format_version", 0) > RUN_FORMAT_VERSION:
         raise ValueError(
@@ -54,17 +58,7 @@ def write_run_config(run_dir: str | Path, cfg: dict[str, Any]) -> Path:
     """Write config.json atomically (temp file + rename): readers never see half a file."""
     path = _config_path(run_dir)
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=".config.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8") as fh:
-            json.dump(cfg, fh, indent=2)
-            fh.write("\n")
-        os.chmod(tmp, 0o644)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
+    return files.write_text_atomic(path, json.dumps(cfg, indent=2) + "\n")
 
 
 def staging_dir(out: Path) -> Path:

@@ -18,7 +18,7 @@ import logging
 import os
 from typing import Any
 
-log = logging.getLogger(__name__)
+logger = logging.getLogger(__name__)
 
 
 def split_cpu(n: int) -> None:
@@ -42,11 +42,11 @@ def make_strategy(name: str) -> Any:
             return tf.distribute.MirroredStrategy()
         cpus = [d.name for d in tf.config.list_logical_devices("CPU")]
         if len(cpus) < 2:
-            log.warning("mirrored strategy: no GPU and a single CPU device, so one replica")
+            logger.warning("mirrored strategy: no GPU and a single CPU device, so one replica")
         return tf.distribute.MirroredStrategy(devices=cpus)
     if name == "multiworker":
         if "TF_CONFIG" not in os.environ:
-            log.warning("multiworker strategy without TF_CONFIG: running as a single worker")
+            logger.warning("multiworker strategy without TF_CONFIG: running as a single worker")
         return tf.distribute.MultiWorkerMirroredStrategy()
     raise ValueError(f"unknown strategy {name!r}: choose default, mirrored or multiworker")
 

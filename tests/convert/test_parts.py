@@ -103,8 +103,19 @@ def _run_dir(tmp_path: Path, config: dict | None) -> Path:
     run.mkdir()
     (run / "extractor.keras").write_bytes(b"")
     if config is not None:
+        # As `training fit` writes it: convert reads it with training/run.py's format check.
+        config = {"format": "prodrec-run", "format_version": 1, **config}
         (run / "config.json").write_text(json.dumps(config))
     return run
+
+
+def test_source_refuses_a_config_that_is_not_a_run(tmp_path: Path) -> None:
+    run = _run_dir(tmp_path, {"model": {"input_size": 160}})
+    config = json.loads((run / "config.json").read_text())
+    del config["format"]
+    (run / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="is not a prodrec-run config"):
+        resolve_source(run)
 
 
 def test_source_reads_everything_from_config(tmp_path: Path) -> None:

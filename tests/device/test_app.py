@@ -174,3 +174,38 @@ def test_enrollment_session_through_submit_while_the_loop_runs(cfg: Config) -> N
             stop.set()
             loop.join(60)
     assert not loop.is_alive() and result["stats"].n_events == 1
+
+
+class ThreadRecordingEmbedder(FakeEmbedder):
+    def __init__(self) -> None:
+        super().__init__()
+        self.threads: set[int] = set()
+
+    def embed(self, crop_bgr: np.ndarray) -> np.ndarray:
+        self.threads.add(threading.get_ident())
+        return super().embed(crop_bgr)
+
+
+def test_operations_from_another_thread_embed_on_the_loop_thread(cfg: Config) -> None:
+    emb = ThreadRecordingEmbedder()
+    scene = LiveScene(SyntheticScene(seed=3, noise=2.0))
+    stop = threading.Event()
+    loop_ident: dict = {}
+    app = DeviceApp(cfg, embedder_factory=lambda path, n: emb, out=io.StringIO())
+
+    def run() -> None:
+        loop_ident["id"] = threading.get_ident()
+        app.run(source_factory=lambda: scene, should_stop=stop.is_set)
+
+    with app:
+        loop = threading.Thread(target=run)
+        loop.start()
+        try:
+            wait_state(app, "empty")
+            res = app.enroll_images("Banana", views_of("Banana", 3))
+            assert res.views_added == 3
+            assert [c.name for c in app.check().checks] == ["Banana"]
+        finally:
+            stop.set()
+            loop.join(60)
+    assert emb.threads == {loop_ident["id"]}  # the interpreter is only ever used by the loop

@@ -4,12 +4,10 @@ from __future__ import annotations
 
 import json
 import os
-import queue
 import signal
 import subprocess
 import sys
 import threading
-import time
 import types
 from pathlib import Path
 
@@ -162,32 +160,29 @@ def test_errors_give_clear_exit_codes(
 
 
 class Reader:
-    """Collects a subprocess' stderr lines in a thread, to wait for a given line."""
+    """Collects a subprocess' stderr in a thread, to wait for a given text (also a prompt, which
+    ends without a newline)."""
 
     def __init__(self, stream) -> None:
-        self.lines: queue.Queue[str] = queue.Queue()
-        self.seen: list[str] = []
+        self.text = ""
+        self.cond = threading.Condition()
         threading.Thread(target=self._pump, args=(stream,), daemon=True).start()
 
     def _pump(self, stream) -> None:
-        for line in stream:
-            self.lines.put(line)
+        while chunk := stream.read(1):
+            with self.cond:
+                self.text += chunk
+                self.cond.notify_all()
 
     def wait_for(self, text: str, timeout: float = 30) -> None:
-        end = time.monotonic() + timeout
-        while time.monotonic() < end:
-            try:
-                line = self.lines.get(timeout=0.5)
-            except queue.Empty:
-                continue
-            self.seen.append(line)
-            if text in line:
-                return
-        raise AssertionError(f"{text!r} not seen in {''.join(self.seen)}")
+        with self.cond:
+            if not self.cond.wait_for(lambda: text in self.text, timeout):
+                raise AssertionError(f"{text!r} not seen in {self.text}")
 
 
-def fake_cli(*args: str, **kw) -> subprocess.Popen:
+def fake_cli(*args: str, hold_at: int = 0, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    env["PRODREC_TEST_HOLD_AT"] = str(hold_at)
     return subprocess.Popen(
         [sys.executable, "-m", "tests.device.fake_cli", *args],
         cwd=ROOT,
@@ -218,7 +213,7 @@ def test_sigterm_during_enrollment_stores_nothing(
     proc.stdin.write("\n\n")  # scene clear; view 1 placed
     proc.stdin.flush()
     err.wait_for("view 1/4 taken")
-    time.sleep(0.3)  # now at the console prompt for view 2 (a prompt has no newline to wait for)
+    err.wait_for("[2/4]")  # now at the console prompt for view 2
     proc.send_signal(signal.SIGTERM)
     assert proc.wait(30) == 130
     err.wait_for("nothing was stored")
@@ -235,14 +230,21 @@ def test_sigterm_stops_run_cleanly(tmp_path: Path, config_file: Path) -> None:
         "INFO",
         "--source",
         f"synthetic:{FIXTURE / 'test'}",
+        "--db",
+        str(tmp_path / "g.db"),
+        hold_at=40,  # after the first placement (frames 20..36), before the second (48..)
     )
-    first = proc.stdout.readline()  # the first event
-    assert json.loads(first)["status"] == "unknown"
+    err = Reader(proc.stderr)
+    err.wait_for("test: holding the source")
     proc.send_signal(signal.SIGTERM)
-    out, err = proc.communicate(timeout=30)
-    assert proc.returncode == 0, err
-    assert "signal 15: stopping" in err and "Traceback" not in err
-    assert len(out.splitlines()) < 7  # stopped before the end of the 8-product scene
+    out = proc.stdout.read()
+    assert proc.wait(30) == 0, err.text
+    assert "signal 15: stopping" in err.text and "Traceback" not in err.text
+    # Stopped exactly there: one event printed, and its row written before the exit.
+    (line,) = out.splitlines()
+    assert json.loads(line)["status"] == "unknown"
+    with Gallery(tmp_path / "g.db") as g:
+        assert [r["id"] for r in g.events(10)] == [json.loads(line)["id"]]
 
 
 # --- camera faults: what is retried and what stops the start ------------------------------------

@@ -77,6 +77,7 @@ def test_recognises_enrolled_products_and_rejects_an_unknown(
             assert event["best"] == label and event["status"] == "known", (event, threshold)
 
 
+@pytest.mark.slow  # builds the tiny bundle: a training and a conversion
 def test_model_change_reembeds_every_view(
     tmp_path: Path, photos, enroll_crops, embedder, bundle: Path
 ) -> None:
@@ -113,6 +114,7 @@ def test_model_change_reembeds_every_view(
     assert all(e["model_id"] == embedder.model_id for e in events)
 
 
+@pytest.mark.slow  # builds the tiny bundle: a training and a conversion
 def test_cli_with_the_bundle_and_two_processes(
     tmp_path: Path, photos, enroll_crops, bundle
 ) -> None:

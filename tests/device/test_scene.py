@@ -53,6 +53,7 @@ def check_events(events: list[dict], truth: dict, photos) -> None:
             assert event["status"] == "known" and event["label"] == p["label"], event
 
 
+@pytest.mark.slow  # long synthetic scenes (the detector's quality, not its mechanics)
 @pytest.mark.parametrize("kind", ["folder", "video"])
 def test_one_event_per_placement_from_folder_and_video(
     tmp_path: Path, photos, enroll_crops, kind: str
@@ -75,6 +76,7 @@ def test_one_event_per_placement_from_folder_and_video(
     assert fake.calls == len(photos) - 1 + len(events)  # inference only once per placement
 
 
+@pytest.mark.slow  # long synthetic scenes (the detector's quality, not its mechanics)
 @pytest.mark.parametrize(("method", "color"), [("diff", True), ("diff", False), ("mog2", True)])
 def test_no_event_from_lighting_drift_and_noise(photos, method: str, color: bool) -> None:
     # Drift of +-30 % over 300 frames and strong sensor noise, nothing placed.
@@ -112,6 +114,7 @@ def test_sudden_light_change_is_not_an_object_but_a_placement_is(photos, color: 
     assert d is not None and iou(d.box, box) > 0.8, d
 
 
+@pytest.mark.slow  # long synthetic scenes (the detector's quality, not its mechanics)
 @pytest.mark.parametrize("method", ["diff", "mog2"])
 def test_boxes_under_drift_while_object_present(photos, method: str) -> None:
     # Colour detection (the default); grayscale gives looser boxes under drift (IoU ~0.64 here).
