@@ -87,6 +87,9 @@ class DeviceApp(Closing):
         self._lock = threading.Lock()  # guards _galleries and the lazily made bus
         self._galleries: dict[int, Gallery] = {}
         self._bus: EventBus | None = None
+        self._event_log: Any = None  # the bus's EventLogSink (the outbox is attached to it)
+        self._outputs: Any = None  # device.outputs.Outputs, from `start_outputs`
+        self._presence: Any = None  # device.outputs.presence.PresenceWatcher
         self.hub = FrameHub()
         self.commands = CommandQueue()
         self._loop_thread: int | None = None  # ident of the thread inside `run`
@@ -125,10 +128,38 @@ class DeviceApp(Closing):
         """The event bus with the device's outputs (made on first use; add more with `add`)."""
         with self._lock:
             if self._bus is None:
-                from .service import default_bus
+                from .sinks import CropSink, EventLogSink, StdoutSink
 
-                self._bus = default_bus(self.config, self.config.gallery.path, self._out)
+                svc = self.config.service
+                stages = [CropSink(svc.save_crops, svc.save_crops_keep)] if svc.save_crops else []
+                self._event_log = EventLogSink(self.config.gallery.path)
+                self._bus = EventBus([StdoutSink(self._out), self._event_log], stages=stages)
             return self._bus
+
+    def start_outputs(self) -> Any:
+        """Connect the configured outputs (MQTT, webhooks, GPIO: device/outputs) to the event
+        bus; once (`run` calls it). Receivers that are down delay nothing: they are retried in
+        the background, and what they owe waits in the outbox."""
+        if self._outputs is not None:
+            return self._outputs
+        from . import __version__
+        from .outputs import Outputs
+        from .outputs.presence import PresenceWatcher
+
+        bus = self.bus
+        outputs = Outputs(self.config, self.config.gallery.path, sw_version=__version__)
+        try:
+            outputs.start()
+            for sink in outputs.sinks():
+                bus.add(sink)
+        except BaseException:
+            outputs.close()
+            raise
+        self._event_log.outbox = outputs  # each event row now also owes its event to them
+        if self.config.mqtt.host:  # "object present" follows the frames
+            self._presence = PresenceWatcher(self.hub, outputs.set_present)
+        self._outputs = outputs
+        return outputs
 
     def gallery(self) -> Gallery:
         """The calling thread's connection to the product database."""
@@ -147,10 +178,16 @@ class DeviceApp(Closing):
         with self._lock:
             bus, self._bus = self._bus, None
             galleries, self._galleries = list(self._galleries.values()), {}
+        presence, self._presence = self._presence, None
+        outputs, self._outputs = self._outputs, None
         try:
+            if presence is not None:
+                presence.close()
             if bus is not None:
-                bus.close()
+                bus.close()  # the event log's last rows, and their outbox rows, are written
         finally:
+            if outputs is not None:
+                outputs.close()  # what is undelivered stays in the outbox for the next start
             for g in galleries:
                 g.close()
             emb, self._embedder = self._embedder, None
@@ -359,6 +396,8 @@ class DeviceApp(Closing):
             "db_bytes": path.stat().st_size if path.is_file() else 0,
             "free_disk_bytes": free,
             "sinks": self._bus.stats() if self._bus is not None else {},
+            # Per output (MQTT, each webhook, GPIO): state, backlog, delivered, failed, ...
+            "outputs": self._outputs.stats() if self._outputs is not None else {},
         }
 
     # --- the live loop -------------------------------------------------------------------------
@@ -381,8 +420,12 @@ class DeviceApp(Closing):
         """Run the live loop on the calling thread until the source ends, `max_frames`, or
         `should_stop()`; its RunStats. Commands are taken while it runs."""
         from .camera import is_live_spec, open_source
-        from .service import Service
+        from .outputs.status import StatusWithOutputs
+        from .service import NullNotifier, Service
 
+        outputs = self.start_outputs()
+        if outputs.stats():  # the status line shows each output's state and backlog
+            notifier = StatusWithOutputs(notifier or NullNotifier(), outputs.status_text)
         cam = self.config.camera
         if source_factory is None:
 

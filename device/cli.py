@@ -179,7 +179,24 @@ def build_parser() -> argparse.ArgumentParser:
         action="store_true",
         help="read the password from the first line of stdin instead of asking twice",
     )
+    _add_outputs_parser(sub, common)
     return parser
+
+
+def _add_outputs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
+    outputs = sub.add_parser("outputs", help="the MQTT, webhook and GPIO outputs of events")
+    osub = outputs.add_subparsers(dest="action", required=True)
+    otest = osub.add_parser(
+        "test",
+        parents=[common],
+        help="send a test event through every configured output and say what happened",
+    )
+    otest.add_argument(
+        "--timeout",
+        type=float,
+        default=10.0,
+        help="seconds to wait for the MQTT broker's connection (default 10)",
+    )
 
 
 def _config(args: argparse.Namespace) -> Config:
@@ -517,12 +534,22 @@ def cmd_web(args: argparse.Namespace, cfg: Config) -> int:
     return EXIT_OK
 
 
+def cmd_outputs(args: argparse.Namespace, cfg: Config) -> int:
+    from .outputs import run_output_test
+
+    # The test event goes straight to each output: a test never enters the outbox or the
+    # events table. Exit 1 when an output did not take it.
+    ok = run_output_test(cfg, sys.stdout, connect_timeout_s=args.timeout)
+    return EXIT_OK if ok else EXIT_ABORTED
+
+
 COMMANDS = {
     "run": cmd_run,
     "enroll": cmd_enroll,
     "products": cmd_products,
     "gallery": cmd_gallery,
     "web": cmd_web,
+    "outputs": cmd_outputs,
 }
 
 

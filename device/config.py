@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import re
+import urllib.parse
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -126,6 +128,51 @@ class WebConfig:
 
 
 @dataclass(frozen=True)
+class OutboxConfig:
+    # Delivery of events to MQTT and webhooks (device/outbox.py): a failing receiver is retried
+    # after retry_initial_s, doubling up to retry_max_s; an event still undelivered after
+    # max_age_s is given up (counted and logged).
+    max_age_s: float = 86400.0
+    retry_initial_s: float = 1.0
+    retry_max_s: float = 300.0
+
+
+@dataclass(frozen=True)
+class MqttConfig:
+    host: str = ""  # broker host name or address; "" = no MQTT
+    port: int = 1883
+    tls: bool = False
+    ca_file: str = ""  # CA certificate file for TLS; "" = the system's CAs
+    username: str = ""
+    password: str = ""
+    client_id: str = ""  # "" = prodrec-<hostname>
+    topic_prefix: str = ""  # "" = prodrec/<hostname>
+    keepalive_s: int = 30
+    timeout_s: float = 10.0  # wait this long for the broker's PUBACK before retrying
+    snapshot: bool = False  # also publish each event's crop (JPEG) on <prefix>/snapshot
+    discovery: bool = True  # publish Home Assistant MQTT discovery configs
+    discovery_prefix: str = "homeassistant"
+
+
+@dataclass(frozen=True)
+class WebhookConfig:
+    url: str = ""  # http:// or https:// URL the event JSON is POSTed to
+    secret: str = ""  # "" = unsigned; else X-Prodrec-Signature: sha256=HMAC-SHA256(secret, body)
+    timeout_s: float = 10.0
+    name: str = ""  # "" = "webhook <url>"; names the output in the status and the outbox
+
+
+@dataclass(frozen=True)
+class GpioConfig:
+    # gpiozero pin names ("GPIO17", "BCM17", "BOARD11", or a BCM number "17"); "" = not used.
+    known_pin: str = ""
+    unknown_pin: str = ""  # pulsed on unknown and ambiguous events
+    known_ms: int = 200
+    unknown_ms: int = 600
+    active_high: bool = True
+
+
+@dataclass(frozen=True)
 class Config:
     camera: CameraConfig = field(default_factory=CameraConfig)
     detector: DetectorConfig = field(default_factory=DetectorConfig)
@@ -136,6 +183,10 @@ class Config:
     enroll: EnrollConfig = field(default_factory=EnrollConfig)
     service: ServiceConfig = field(default_factory=ServiceConfig)
     web: WebConfig = field(default_factory=WebConfig)
+    outbox: OutboxConfig = field(default_factory=OutboxConfig)
+    mqtt: MqttConfig = field(default_factory=MqttConfig)
+    gpio: GpioConfig = field(default_factory=GpioConfig)
+    webhook: tuple[WebhookConfig, ...] = ()  # [[webhook]] tables, one per receiver
 
     def replace(self, section: str, **changes: Any) -> Config:
         """A copy with some keys of one section changed (command-line overrides), re-validated."""
@@ -146,7 +197,13 @@ class Config:
         return new
 
 
-SECTIONS: dict[str, type] = {f.name: f.default_factory for f in dataclasses.fields(Config)}  # type: ignore[misc]
+# [[name]] arrays of tables: each table one item of the tuple.
+TABLE_ARRAYS: dict[str, type] = {"webhook": WebhookConfig}
+SECTIONS: dict[str, type] = {
+    f.name: f.default_factory  # type: ignore[misc]
+    for f in dataclasses.fields(Config)
+    if f.name not in TABLE_ARRAYS
+}
 
 
 # --- loading -------------------------------------------------------------------------------------
@@ -171,10 +228,11 @@ def load_config(path: str | Path | None = None) -> Config:
 
 
 def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
-    unknown = set(data) - set(SECTIONS)
+    unknown = set(data) - set(SECTIONS) - set(TABLE_ARRAYS)
     if unknown:
         raise ConfigError(
-            f"{where}: unknown section(s) {sorted(unknown)}; allowed: {sorted(SECTIONS)}"
+            f"{where}: unknown section(s) {sorted(unknown)}; allowed: "
+            f"{sorted(set(SECTIONS) | set(TABLE_ARRAYS))}"
         )
     sections: dict[str, Any] = {}
     for name, cls in SECTIONS.items():
@@ -182,6 +240,13 @@ def config_from_dict(data: dict[str, Any], where: str = "config") -> Config:
         if not isinstance(raw, dict):
             raise ConfigError(f"{where}: [{name}] must be a table")
         sections[name] = _section(cls, raw, name, f"{where} [{name}]")
+    for name, cls in TABLE_ARRAYS.items():
+        raw = data.get(name, [])
+        if not isinstance(raw, list) or not all(isinstance(t, dict) for t in raw):
+            raise ConfigError(f"{where}: {name} must be written as [[{name}]] tables")
+        sections[name] = tuple(
+            _section(cls, t, name, f"{where} [[{name}]] #{i + 1}") for i, t in enumerate(raw)
+        )
     cfg = Config(**sections)
     validate(cfg, where)
     return cfg
@@ -322,6 +387,7 @@ def validate(cfg: Config, where: str = "config") -> None:
         s.retry_max_s,
     )
     _validate_web(cfg.web, f"{where} [web]")
+    validate_outputs(cfg, where)
 
 
 def _validate_web(web: WebConfig, w: str) -> None:
@@ -355,4 +421,113 @@ def _validate_web(web: WebConfig, w: str) -> None:
         "max_import_bytes",
         "1000..2000000000",
         web.max_import_bytes,
+    )
+
+
+def validate_outputs(cfg: Config, where: str = "config") -> None:
+    """Range checks of [outbox], [mqtt], [[webhook]] and [gpio] (see device/outputs/)."""
+    o = cfg.outbox
+    w = f"{where} [outbox]"
+    _check(1 <= o.max_age_s <= 365 * 86400, w, "max_age_s", "1..31536000", o.max_age_s)
+    _check(0 < o.retry_initial_s <= 60, w, "retry_initial_s", "0 < s <= 60", o.retry_initial_s)
+    _check(
+        o.retry_initial_s <= o.retry_max_s <= 86400,
+        w,
+        "retry_max_s",
+        "retry_initial_s..86400",
+        o.retry_max_s,
+    )
+    q = cfg.mqtt
+    w = f"{where} [mqtt]"
+    _check(
+        q.host == "" or _HOST.match(q.host) is not None,
+        w,
+        "host",
+        'a host name or address without scheme or port (e.g. "broker.local"), or "" for none',
+        q.host,
+    )
+    _check(1 <= q.port <= 65535, w, "port", "1..65535", q.port)
+    _check(5 <= q.keepalive_s <= 3600, w, "keepalive_s", "5..3600", q.keepalive_s)
+    _check(0 < q.timeout_s <= 600, w, "timeout_s", "0 < s <= 600", q.timeout_s)
+    for key in ("topic_prefix", "discovery_prefix"):
+        value = getattr(q, key)
+        _check(
+            (key == "topic_prefix" and value == "") or _TOPIC.match(value) is not None,
+            w,
+            key,
+            "topic levels of letters, digits, '_' '-' '.' joined by '/', without wildcards "
+            "(+ #) or a leading or trailing '/'",
+            value,
+        )
+    _check(len(q.client_id) <= 64, w, "client_id", "at most 64 characters", q.client_id)
+    names: set[str] = set()
+    for i, h in enumerate(cfg.webhook):
+        w = f"{where} [[webhook]] #{i + 1}"
+        _check(
+            _valid_url(h.url),
+            w,
+            "url",
+            "an http:// or https:// URL with a host (e.g. http://till.local:8080/hook)",
+            h.url,
+        )
+        _check(0 < h.timeout_s <= 120, w, "timeout_s", "0 < s <= 120", h.timeout_s)
+        name = h.name or f"webhook {h.url}"
+        _check(name not in names, w, "name", "a name no other [[webhook]] has", name)
+        names.add(name)
+    g = cfg.gpio
+    w = f"{where} [gpio]"
+    for key in ("known_pin", "unknown_pin"):
+        pin = getattr(g, key)
+        _check(
+            pin == "" or gpio_pin_number(pin) is not None,
+            w,
+            key,
+            'a pin as gpiozero names it: "GPIO17", "BCM17", "17" (BCM 0..27) or "BOARD11" '
+            '(header pin 1..40), or "" for none',
+            pin,
+        )
+    _check(
+        g.known_pin == "" or gpio_pin_number(g.known_pin) != gpio_pin_number(g.unknown_pin),
+        w,
+        "unknown_pin",
+        "another pin than known_pin",
+        g.unknown_pin,
+    )
+    _check(10 <= g.known_ms <= 10000, w, "known_ms", "10..10000", g.known_ms)
+    _check(10 <= g.unknown_ms <= 10000, w, "unknown_ms", "10..10000", g.unknown_ms)
+
+
+_HOST = re.compile(r"^[A-Za-z0-9]([A-Za-z0-9.-]*[A-Za-z0-9])?$|^\[?[0-9A-Fa-f:.]+\]?$")
+_TOPIC = re.compile(r"^[A-Za-z0-9_.-]+(/[A-Za-z0-9_.-]+)*$")
+# The header pins that are GPIOs (BOARD numbering -> BCM) on every 40-pin Raspberry Pi.
+_BOARD_TO_BCM = {
+    3: 2, 5: 3, 7: 4, 8: 14, 10: 15, 11: 17, 12: 18, 13: 27, 15: 22, 16: 23, 18: 24, 19: 10,
+    21: 9, 22: 25, 23: 11, 24: 8, 26: 7, 27: 0, 28: 1, 29: 5, 31: 6, 32: 12, 33: 13, 35: 19,
+    36: 16, 37: 26, 38: 20, 40: 21,
+}  # fmt: skip
+
+
+def gpio_pin_number(pin: str) -> int | None:
+    """The BCM number of a gpiozero pin name ("GPIO17", "BCM17", "17", "BOARD11", "J8:11");
+    None when it names no GPIO of a 40-pin Raspberry Pi header."""
+    m = re.fullmatch(r"(GPIO|BCM)?(\d{1,2})|(BOARD|J8:)(\d{1,2})", pin.strip().upper())
+    if m is None:
+        return None
+    if m.group(2) is not None:
+        n = int(m.group(2))
+        return n if 0 <= n <= 27 else None
+    return _BOARD_TO_BCM.get(int(m.group(4)))
+
+
+def _valid_url(url: str) -> bool:
+    try:
+        parts = urllib.parse.urlsplit(url)
+        port = parts.port  # raises ValueError on a port that is not a number or out of range
+    except ValueError:
+        return False
+    del port
+    return (
+        parts.scheme in ("http", "https")
+        and bool(parts.hostname)
+        and not any(c.isspace() for c in url)
     )

@@ -9,8 +9,10 @@ from __future__ import annotations
 import logging
 import os
 import re
+import sqlite3
 import sys
 from collections import deque
+from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
 
@@ -18,6 +20,7 @@ import numpy as np
 
 from .errors import GalleryError
 from .events import Event
+from .outbox import OutboxHook
 
 logger = logging.getLogger(__name__)
 
@@ -57,6 +60,8 @@ class StdoutSink:
 class EventLogLike(Protocol):
     def log_event(self, event: Event | dict[str, Any]) -> None: ...
 
+    def transaction(self, doing: str = ...) -> AbstractContextManager[sqlite3.Connection]: ...
+
     def close(self) -> None: ...
 
 
@@ -70,11 +75,17 @@ class EventLogSink:
 
     name = "event-log"
 
-    def __init__(self, database: str | Path | EventLogLike) -> None:
+    def __init__(
+        self, database: str | Path | EventLogLike, outbox: OutboxHook | None = None
+    ) -> None:
         self._path = Path(database) if isinstance(database, (str, Path)) else None
         self._log: EventLogLike | None = None if self._path is not None else database  # type: ignore[assignment]
         self.pending: list[Event] = []  # reported but not yet in the database (oldest first)
         self._failing = False
+        # The outputs that must not lose an event (device/outbox.py): each row's event is owed
+        # to them in the row's own transaction. Set before the first event (DeviceApp.run).
+        self.outbox = outbox
+        self._crops: dict[str, bytes] = {}  # event id -> crop JPEG for the outbox, while pending
 
     def _open(self) -> EventLogLike:
         if self._log is None:
@@ -82,19 +93,40 @@ class EventLogSink:
 
             assert self._path is not None
             # The loop has opened (checked, migrated) this database already.
-            self._log = Gallery(self._path, check=False)
+            gallery = Gallery(self._path, check=False)
+            # Each event row (and what the outputs owe of it) survives a power cut: synced at
+            # its commit, not at the next WAL checkpoint. One fsync per event, on this thread.
+            gallery.conn.execute("PRAGMA synchronous = FULL")
+            self._log = gallery
         return self._log
 
     def deliver(self, event: Event, crop_bgr: np.ndarray | None) -> None:
+        outbox = self.outbox
+        if outbox is not None and crop_bgr is not None:
+            jpeg = outbox.crop_jpeg(crop_bgr)
+            if jpeg is not None:
+                self._crops[event.id] = jpeg
         self.pending.append(event)
         self.flush_or_warn()
 
     def flush(self) -> None:
         """Write the pending rows (GalleryError when the database refuses them)."""
         log = self._open()
-        while self.pending:
-            log.log_event(self.pending[0])
-            self.pending.pop(0)
+        outbox = self.outbox
+        try:
+            while self.pending:
+                event = self.pending[0]
+                if outbox is None:
+                    log.log_event(event)
+                else:
+                    with log.transaction("logging a recognition event") as conn:
+                        log.log_event(event)
+                        outbox.enqueue(conn, event.to_dict(), self._crops.get(event.id))
+                self.pending.pop(0)
+                self._crops.pop(event.id, None)
+        finally:
+            if outbox is not None:
+                outbox.notify()
 
     def flush_or_warn(self) -> bool:
         """`flush`, logging (once) instead of raising; True when nothing is pending."""
@@ -116,6 +148,8 @@ class EventLogSink:
                     dropped,
                     MAX_PENDING_EVENTS,
                 )
+                for old in self.pending[:dropped]:
+                    self._crops.pop(old.id, None)
                 del self.pending[:dropped]
             return False
         if self._failing:
