@@ -166,20 +166,27 @@ def test_wait_for_peers_returns_once_every_peer_answers() -> None:
     assert peer is not None
     # The peer waits too, in a thread: each sees the other's listener, and both return.
     errors: list[BaseException] = []
+    done = threading.Event()
 
     def other() -> None:
         try:
             wait_for_peers(peer, timeout=10, poll=0.05)
+            # Then TensorFlow's server takes its port over (here: a plain listener) while this
+            # side may not have seen it yet.
+            with socket.create_server(("127.0.0.1", ports[1])):
+                done.wait(15)
         except BaseException as exc:  # reported to the test's thread
             errors.append(exc)
 
     t = threading.Thread(target=other)
     t.start()
-    wait_for_peers(cluster, timeout=10, poll=0.05)
-    # Then TensorFlow's server takes this port over (here: a plain listener), which the peer may
-    # not have seen yet.
-    with socket.create_server(("127.0.0.1", ports[0])):
-        t.join(10)
+    try:
+        wait_for_peers(cluster, timeout=10, poll=0.05)
+        with socket.create_server(("127.0.0.1", ports[0])):
+            done.set()
+            t.join(10)
+    finally:
+        done.set()
     assert not t.is_alive() and not errors
 
 
