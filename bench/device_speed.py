@@ -268,42 +268,28 @@ def query_ms(n_views: int, dim: int, runs: int = 200) -> float:
 
 def run_rss_mb(model: Path, db: Path, frames: int) -> tuple[float, int]:
     """Peak RSS (MB) of `python -m device run` over `frames` frames of the demo scene."""
-    code = (
-        "import resource, runpy, sys\n"
-        "sys.argv = ['device'] + sys.argv[1:]\n"
-        "try:\n"
-        "    runpy.run_module('device', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    rc = e.code\n"
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the (bigger) parent.
-        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]\n"
-        "print(hwm[0].split()[1] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-        "sys.exit(rc)\n"
+    from bench.memory import device_peak_rss
+
+    rss, _, stdout = device_peak_rss(
+        [
+            "run",
+            "--model",
+            str(model),
+            "--db",
+            str(db),
+            "--threshold",
+            "0.5",
+            "--source",
+            f"synthetic:{PHOTOS}",
+            "--max-frames",
+            str(frames),
+            "--log-level",
+            "WARNING",
+            "--no-web",  # the footprint before the web page; with it: web_rows
+        ],
+        timeout_s=600,
     )
-    cmd = [
-        sys.executable,
-        "-c",
-        code,
-        "run",
-        "--model",
-        str(model),
-        "--db",
-        str(db),
-        "--threshold",
-        "0.5",
-        "--source",
-        f"synthetic:{PHOTOS}",
-        "--max-frames",
-        str(frames),
-        "--log-level",
-        "WARNING",
-        "--no-web",  # the footprint before the web page; with it: web_rows
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"device run failed: {proc.stderr}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return rss_kb / 1024.0, len(proc.stdout.splitlines())
+    return rss, len(stdout.splitlines())
 
 
 # --- the web page ----------------------------------------------------------------------------------

@@ -97,6 +97,8 @@ class EnrollConfig:
     views: int = 4
     duplicate_cosine: float = 0.98  # a view this similar to one already taken is refused
     timeout_s: float = 60.0  # give up waiting for a stable placement after this long
+    # A photo whose header declares more pixels is refused before decoding (memory bound).
+    max_image_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -372,6 +374,13 @@ def validate(cfg: Config, where: str = "config") -> None:
     _check(1 <= e.views <= 64, w, "views", "1..64", e.views)
     _check(0 < e.duplicate_cosine <= 1, w, "duplicate_cosine", "0 < c <= 1", e.duplicate_cosine)
     _check(0 < e.timeout_s <= 3600, w, "timeout_s", "0 < s <= 3600", e.timeout_s)
+    _check(
+        10_000 <= e.max_image_pixels <= 1_000_000_000,
+        w,
+        "max_image_pixels",
+        "10000..1000000000",
+        e.max_image_pixels,
+    )
     w = f"{where} [service]"
     s = cfg.service
     _check(

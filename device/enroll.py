@@ -355,6 +355,14 @@ def select_views(
     return views, skipped, already
 
 
+def photo_side(embedder: EmbedderLike, config: Config) -> int:
+    """The longest side a photo needs: the stored crop's ([gallery] crop_size), or the model's
+    input when it is larger; more pixels would change neither the view nor its embedding."""
+    spec = getattr(getattr(embedder, "meta", None), "input", None)
+    model_side = max(int(spec.height), int(spec.width)) if spec is not None else 0
+    return max(config.gallery.crop_size, model_side)
+
+
 def _photo_views(
     product: str,
     paths: list[Path],
@@ -367,9 +375,14 @@ def _photo_views(
     unreadable: list[str] = []
     names: list[str] = []
     images: list[np.ndarray] = []
+    side = photo_side(embedder, config)
     for path in paths:
         try:
-            images.append(load_image(path))
+            # Refused undecoded when too large, and reduced while decoded: only one photo is ever
+            # held at full size, and every kept view is at most `side` pixels a side.
+            images.append(
+                load_image(path, max_pixels=config.enroll.max_image_pixels, max_side=side)
+            )
         except ValueError as exc:
             unreadable.append(f"{path}: {exc}")
             continue
