@@ -15,7 +15,7 @@ import numpy as np
 
 from .crop import Box
 from .errors import NearDuplicateView, ProductExists
-from .gallery import Gallery, product_name
+from .gallery import Gallery, new_product_name
 
 PROMPTS = (
     "Place the product in front of the camera",
@@ -58,9 +58,7 @@ class EnrollSession:
     refusals: int = 0
 
     def __post_init__(self) -> None:
-        self.name = product_name(self.name)
-        if not self.name:
-            raise ValueError("a product needs a name")
+        self.name = new_product_name(self.name)  # refused at the start, not after the views
         if self.views_wanted < 1:
             raise ValueError("an enrollment needs at least 1 view")
 

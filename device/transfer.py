@@ -28,7 +28,7 @@ from .gallery import (
     Gallery,
     decode_crop_or_none,
     embedding_blob,
-    product_name,
+    new_product_name,
     utc_now,
 )
 from .images import image_size
@@ -330,7 +330,10 @@ def read_gallery_export(path: str | Path) -> GalleryExport:
             name = item.get("name")
             if not isinstance(name, str) or not name.strip():
                 raise bad(f"product {i} has no name (or a blank one)")
-            name = product_name(name)  # as enroll stores names
+            try:
+                name = new_product_name(name)  # as enroll stores names
+            except ValueError as exc:
+                raise bad(f"product {i}: {exc}") from exc
             if name in names:
                 raise bad(f"the product {name!r} appears twice")
             code, created, views_in = item.get("code"), item.get("created"), item.get("views")

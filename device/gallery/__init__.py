@@ -37,6 +37,7 @@ from .records import (
     decode_jpeg,
     embedding_blob,
     encode_jpeg,
+    new_product_name,
     product_name,
     utc_now,
 )
@@ -58,6 +59,7 @@ __all__ = [
     "decode_jpeg",
     "embedding_blob",
     "encode_jpeg",
+    "new_product_name",
     "product_name",
     "utc_now",
 ]

@@ -10,7 +10,15 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..errors import GalleryError, ProductExists, ProductNotFound
-from .records import Product, View, embedding_blob, encode_jpeg, product_name, utc_now
+from .records import (
+    Product,
+    View,
+    embedding_blob,
+    encode_jpeg,
+    new_product_name,
+    product_name,
+    utc_now,
+)
 from .schema import Schema
 
 logger = logging.getLogger(__name__)
@@ -138,9 +146,8 @@ class ProductStore(Schema):
         """Store a product with its (embedding, crop BGR) views in one transaction; its id.
 
         `append` adds the views to an existing product of that name instead of refusing it."""
-        name = product_name(name)
-        if not name:
-            raise ValueError("a product needs a name")
+        # Checked even when appending: a name that breaks the tables is never written.
+        name = new_product_name(name)
         if not views:
             raise ValueError(f"product {name!r}: no views to store")
         rows = [
@@ -195,9 +202,8 @@ class ProductStore(Schema):
 
     def rename(self, old: str, new: str) -> str:
         """Rename a product; the new name as stored."""
-        old, new = product_name(old), product_name(new)
-        if not new:
-            raise ValueError("the new name is empty")
+        # The old name is only looked up: a name stored before the rule can still be renamed.
+        old, new = product_name(old), new_product_name(new)
         with self.transaction(f"renaming the product {old!r}") as c:
             if c.execute("SELECT 1 FROM products WHERE name = ?", (new,)).fetchone():
                 raise ProductExists(f"a product named {new!r} already exists")

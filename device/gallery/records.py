@@ -48,6 +48,29 @@ def product_name(text: str) -> str:
     return unicodedata.normalize("NFC", text).strip()
 
 
+# Characters a product name may not hold: controls (newline, tab, escape, ...) and line or
+# paragraph separators. They would break the tables and line-based output that show names.
+_NOT_IN_NAMES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def new_product_name(text: str) -> str:
+    """A name for a product being stored or renamed: `product_name(text)`, refused (ValueError,
+    showing the name as given) when blank or holding a control character. The one rule for every
+    way a name comes in: enroll (console, camera session, web), a photo folder's name, rename,
+    import."""
+    bad = sorted({c for c in text if unicodedata.category(c) in _NOT_IN_NAMES})
+    if bad:
+        which = ", ".join(unicodedata.name(c, f"U+{ord(c):04X}") for c in bad)
+        raise ValueError(
+            f"the product name {text!r} holds a control character ({which}): a name is one line "
+            "of printable text"
+        )
+    name = product_name(text)
+    if not name:
+        raise ValueError(f"the product name {text!r} is blank: a product needs a name")
+    return name
+
+
 def utc_now() -> str:
     return datetime.now(timezone.utc).isoformat(timespec="milliseconds").replace("+00:00", "Z")
 
