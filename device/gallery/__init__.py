@@ -28,7 +28,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .db import Database
-from .eventlog import MAX_EVENTS, EventLog
+from .eventlog import EventLog
 from .records import (
     EmbedderLike,
     Product,
@@ -45,7 +45,6 @@ from .reembed import Reembedding
 from .schema import _MIGRATIONS, SCHEMA_VERSION, TABLES, _v0_to_v1
 
 __all__ = [
-    "MAX_EVENTS",
     "SCHEMA_VERSION",
     "TABLES",
     "_MIGRATIONS",
@@ -76,5 +75,4 @@ class Gallery(EventLog, Reembedding):
         self._undecodable = set()
         self._data_version = None
         self._rev = None
-        self._events_since_trim = 0
         super().__init__(path, busy_timeout_s=busy_timeout_s, check=check)
