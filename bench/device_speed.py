@@ -183,7 +183,7 @@ def frame_costs(model: Path, threads: int, products: int, tmp: Path) -> dict[str
     scene = SyntheticScene(640, 480, seed=0, noise=2.0, drift=0.0)
     source = BankSource(scene, placements, hold, gap, lead_in)
     with Embedder(model, num_threads=threads) as emb:
-        fill_gallery(Path(cfg.gallery.path), products, emb.dim, emb.model_id)
+        fill_gallery(Path(cfg.gallery.path), products, emb.dim, emb.embedding_id)
         import device.embedder as embedder_module
 
         calls: list[float] = []  # the interpreter call (set, invoke, get) inside each frame
@@ -493,7 +493,7 @@ def main() -> int:
         ap.error("--runs must be at least 2 (half are timed before the frames, half after)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from device.bundle import read_bundle_meta
+    from device.bundle import embedding_id, read_bundle_meta
     from device.runtime import runtime_name
 
     meta = read_bundle_meta(args.model)
@@ -529,7 +529,7 @@ def main() -> int:
         q100k = query_ms(100_000, dim)
         q10k_128 = query_ms(10_000, 128) if dim != 128 else q10k
         db = tmp / "rss.db"
-        fill_gallery(db, args.products, dim, meta.model_id)
+        fill_gallery(db, args.products, dim, embedding_id(meta))
         rss, n_events = run_rss_mb(args.model, db, 300)
         rss0, _ = run_rss_mb(args.model, tmp / "empty.db", 300)
         db_mb = db.stat().st_size / 1e6

@@ -140,7 +140,7 @@ def main() -> int:
     args = ap.parse_args()
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from device.bundle import read_bundle_meta
+    from device.bundle import embedding_id, read_bundle_meta
     from device.runtime import runtime_name
 
     commit_id()  # the commit the run starts from (cached)
@@ -171,14 +171,17 @@ def main() -> int:
                 wall,
             )
         )
-        models = [meta.model_id] + (["0" * 64] if args.reembed else [])
+        # The key the device stores this bundle's embeddings under: an export of it is not
+        # re-embedded; "0" * 64 stands for another model.
+        same = embedding_id(meta)
+        models = [same] + (["0" * 64] if args.reembed else [])
         for model_id in models:
             export = export_of(tmp, args.products, meta.output.embedding_dim, model_id)
             db = tmp / f"import-{model_id[:8]}.db"
             rss, wall, _ = device_peak_rss(
                 ["gallery", "import", str(export), "--db", str(db), *model]
             )
-            how = "same model" if model_id == meta.model_id else "another model: all re-embedded"
+            how = "same model" if model_id == same else "another model: all re-embedded"
             rows.append(
                 (
                     f"`gallery import`: {args.products} products x 4 views "

@@ -498,7 +498,8 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _check_products(app: Any, *, as_json: bool, from_flag: bool) -> int:
-    report = app.check()  # views of an older model are re-embedded first, as `run` would
+    # Read only: views this model has not embedded yet are embedded in memory, never stored.
+    report = app.check()
     threshold, source, checks = report.threshold, report.threshold_source, report.checks
     if as_json:
         for c in checks:

@@ -185,7 +185,7 @@ def guided_enroll(
             continue
         say(f"  view {len(session.views)}/{n_views} taken (box {list(det.box)})")
 
-    pid = session.commit(gallery, embedder.model_id, crop_size=config.gallery.crop_size)
+    pid = session.commit(gallery, embedder.embedding_id, crop_size=config.gallery.crop_size)
     name = session.name
     taken = session.views
     say(f"Stored {name!r} with {len(taken)} views.")
@@ -284,7 +284,7 @@ def enroll_from_images(
     current: str | None = None  # the product being stored when an interruption comes
     views_before: int | None = None
     # --append: the stored views, read once, for the near-duplicate check of each product's photos
-    stored_emb, stored_labels = gallery.load(embedder.model_id) if append else (None, [])
+    stored_emb, stored_labels = gallery.load(embedder.embedding_id) if append else (None, [])
     try:
         for product, paths in plan:
             current, views_before = product, None
@@ -304,7 +304,7 @@ def enroll_from_images(
             gallery.add_product(
                 product,
                 views,
-                embedder.model_id,
+                embedder.embedding_id,
                 code=code,
                 append=append,
                 crop_size=config.gallery.crop_size,

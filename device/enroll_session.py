@@ -94,7 +94,8 @@ class EnrollSession:
         return len(self.views)
 
     def commit(self, gallery: Gallery, model_id: str, *, crop_size: int = 320) -> int:
-        """Store the product with every view taken, in one transaction; its id."""
+        """Store the product with every view taken, in one transaction, the embeddings under
+        `model_id` (the embedder's `embedding_id`); its id."""
         if not self.views:
             raise ValueError(f"no views of {self.name!r} were taken: nothing to store")
         return gallery.add_product(

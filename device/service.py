@@ -144,12 +144,12 @@ class Recognizer:
         when a reload happened."""
         if not self.gallery.changed() and not force:
             return False
-        stale = self.gallery.stale_views(self.embedder.model_id)
+        stale = self.gallery.stale_views(self.embedder.embedding_id)
         if stale:
             self.notifier.extend_timeout(REEMBED_GRACE_S)
             self.gallery.reembed(self.embedder, progress=self._reembed_progress)
             self.gallery.changed()  # our own re-embedding is not news
-        emb, labels = self.gallery.load(self.embedder.model_id)
+        emb, labels = self.gallery.load(self.embedder.embedding_id)
         if not labels:
             emb = np.zeros((0, 1), np.float32)
         self.matcher, self.decision = self.policy.build(emb, labels)
@@ -510,7 +510,7 @@ class Service:
                     "taken: capture the others first (or cancel)"
                 )
             pid = session.commit(
-                self.gallery, self.embedder.model_id, crop_size=self.config.gallery.crop_size
+                self.gallery, self.embedder.embedding_id, crop_size=self.config.gallery.crop_size
             )
             self.session = None
             self.recognizer.refresh(force=True)  # recognised from the next placement on

@@ -134,7 +134,7 @@ REEMBED_BATCH = 32  # crops decoded and embedded at once when importing another 
 @dataclass(frozen=True, eq=False)  # holds an array: no field-wise ==
 class ExportView:
     crop: str  # the crop's member in the zip file (a JPEG, checked readable)
-    model_id: str
+    model_id: str  # its embedding's key: an embedding id (a model id in older files)
     embedding: np.ndarray  # float32, as made by `model_id`
 
 
@@ -405,7 +405,7 @@ def import_gallery(
     are then read again, one product at a time, while they are stored: memory holds one batch
     or one product's crops, whatever the size of the file."""
     export = source if isinstance(source, GalleryExport) else read_gallery_export(source)
-    target = embedder.model_id
+    target = embedder.embedding_id
     _check_dim(gallery, export, embedder)
     existing = {p.name for p in gallery.products()}
     plan = [p for p in export.products if replace or p.name not in existing]
@@ -448,7 +448,7 @@ def _reembed(
 ) -> dict[int, np.ndarray]:
     """The current model's embedding of each planned view another model made, by id(view);
     REEMBED_BATCH crops decoded at a time."""
-    redo = [v for p in plan for v in p.views if v.model_id != embedder.model_id]
+    redo = [v for p in plan for v in p.views if v.model_id != embedder.embedding_id]
     out: dict[int, np.ndarray] = {}
     for start in range(0, len(redo), REEMBED_BATCH):
         chunk = redo[start : start + REEMBED_BATCH]
@@ -463,7 +463,7 @@ def _reembed(
 def _check_dim(gallery: Gallery, export: GalleryExport, embedder: EmbedderLike) -> None:
     """Views of the current model that keep their exported embedding must have its size, or
     `Gallery.load` could not stack them with the others and the app would no longer start."""
-    target = embedder.model_id
+    target = embedder.embedding_id
     sizes = {v.embedding.size for p in export.products for v in p.views if v.model_id == target}
     if not sizes:
         return

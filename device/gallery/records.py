@@ -17,7 +17,10 @@ from ..errors import GalleryError
 class EmbedderLike(Protocol):
     """What the device needs of a model: `device.embedder.Embedder` or a test double."""
 
-    model_id: str
+    model_id: str  # the model file's sha256 (in events)
+    # What stored embeddings are keyed by: changes with the model file and with the preprocessing
+    # the bundle declares (an edited colour order makes other embeddings): device.bundle.
+    embedding_id: str
 
     def embed(self, crop_bgr: np.ndarray) -> np.ndarray: ...
 
@@ -37,6 +40,9 @@ class Product:
 class View:
     id: int
     product_id: int
+    # The embedding the view was stored with (enrolled or imported): its key (an embedding id,
+    # or a model id for views stored before schema 6) and size. Other models may have added
+    # their own embeddings of the view since.
     model_id: str
     dim: int
     created: str
