@@ -49,6 +49,8 @@ path = "{tmp_path / "g.db"}"
 log_level = "WARNING"
 retry_initial_s = 0.01
 retry_max_s = 0.02
+[web]
+enabled = false  # the page has its own tests (tests/web); here it would only hold port 8080
 """
     )
     return p
