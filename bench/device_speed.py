@@ -183,7 +183,7 @@ def frame_costs(model: Path, threads: int, products: int, tmp: Path) -> dict[str
     scene = SyntheticScene(640, 480, seed=0, noise=2.0, drift=0.0)
     source = BankSource(scene, placements, hold, gap, lead_in)
     with Embedder(model, num_threads=threads) as emb:
-        fill_gallery(Path(cfg.gallery.path), products, emb.dim, emb.model_id)
+        fill_gallery(Path(cfg.gallery.path), products, emb.dim, emb.embedding_id)
         import device.embedder as embedder_module
 
         calls: list[float] = []  # the interpreter call (set, invoke, get) inside each frame
@@ -268,42 +268,28 @@ def query_ms(n_views: int, dim: int, runs: int = 200) -> float:
 
 def run_rss_mb(model: Path, db: Path, frames: int) -> tuple[float, int]:
     """Peak RSS (MB) of `python -m device run` over `frames` frames of the demo scene."""
-    code = (
-        "import resource, runpy, sys\n"
-        "sys.argv = ['device'] + sys.argv[1:]\n"
-        "try:\n"
-        "    runpy.run_module('device', run_name='__main__')\n"
-        "except SystemExit as e:\n"
-        "    rc = e.code\n"
-        # VmHWM, not ru_maxrss: Linux carries ru_maxrss over exec() from the (bigger) parent.
-        "hwm = [ln for ln in open('/proc/self/status') if ln.startswith('VmHWM:')]\n"
-        "print(hwm[0].split()[1] if hwm else resource.getrusage(resource.RUSAGE_SELF).ru_maxrss, file=sys.stderr)\n"
-        "sys.exit(rc)\n"
+    from bench.memory import device_peak_rss
+
+    rss, _, stdout = device_peak_rss(
+        [
+            "run",
+            "--model",
+            str(model),
+            "--db",
+            str(db),
+            "--threshold",
+            "0.5",
+            "--source",
+            f"synthetic:{PHOTOS}",
+            "--max-frames",
+            str(frames),
+            "--log-level",
+            "WARNING",
+            "--no-web",  # the footprint before the web page; with it: web_rows
+        ],
+        timeout_s=600,
     )
-    cmd = [
-        sys.executable,
-        "-c",
-        code,
-        "run",
-        "--model",
-        str(model),
-        "--db",
-        str(db),
-        "--threshold",
-        "0.5",
-        "--source",
-        f"synthetic:{PHOTOS}",
-        "--max-frames",
-        str(frames),
-        "--log-level",
-        "WARNING",
-        "--no-web",  # the footprint before the web page; with it: web_rows
-    ]
-    proc = subprocess.run(cmd, cwd=ROOT, capture_output=True, text=True, timeout=600)
-    if proc.returncode != 0:
-        raise RuntimeError(f"device run failed: {proc.stderr}")
-    rss_kb = int(proc.stderr.strip().splitlines()[-1])
-    return rss_kb / 1024.0, len(proc.stdout.splitlines())
+    return rss, len(stdout.splitlines())
 
 
 # --- the web page ----------------------------------------------------------------------------------
@@ -507,7 +493,7 @@ def main() -> int:
         ap.error("--runs must be at least 2 (half are timed before the frames, half after)")
     os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
-    from device.bundle import read_bundle_meta
+    from device.bundle import embedding_id, read_bundle_meta
     from device.runtime import runtime_name
 
     meta = read_bundle_meta(args.model)
@@ -543,7 +529,7 @@ def main() -> int:
         q100k = query_ms(100_000, dim)
         q10k_128 = query_ms(10_000, 128) if dim != 128 else q10k
         db = tmp / "rss.db"
-        fill_gallery(db, args.products, dim, meta.model_id)
+        fill_gallery(db, args.products, dim, embedding_id(meta))
         rss, n_events = run_rss_mb(args.model, db, 300)
         rss0, _ = run_rss_mb(args.model, tmp / "empty.db", 300)
         db_mb = db.stat().st_size / 1e6

@@ -124,6 +124,11 @@ class DeviceApp(Closing):
         return self.embedder.model_id
 
     @property
+    def embedding_id(self) -> str:
+        """What the stored embeddings of this model are keyed by (device/bundle.py)."""
+        return self.embedder.embedding_id
+
+    @property
     def bus(self) -> EventBus:
         """The event bus with the device's outputs (made on first use; add more with `add`)."""
         with self._lock:
@@ -254,7 +259,7 @@ class DeviceApp(Closing):
         if rec is not None:
             decision = rec.decision
         else:
-            emb, labels = self.gallery().load(self.model_id)
+            emb, labels = self.gallery().load(self.embedding_id)
             decision = self._matcher_for(emb, labels)[1]
         return decision.value, f"{decision.source}: {decision.reason}"
 
@@ -267,11 +272,20 @@ class DeviceApp(Closing):
         return policy.build(emb, labels)
 
     def _current_embeddings(self) -> tuple[np.ndarray, list[str]]:
+        """This model's embeddings of every stored view. Read only: views it has not embedded
+        yet are embedded in memory, a batch at a time, never stored (`run` stores them, once,
+        for the model it runs), so `products check --model OTHER` changes nothing."""
         g = self.gallery()
-        if g.stale_views(self.model_id):
-            # As `run` does: views of an older model are re-embedded first.
-            g.reembed(self._embedder_here())
-        return g.load(self.model_id)
+        key = self.embedding_id
+        emb, labels = g.load(key)
+        parts = [emb] if labels else []
+        embedder = None
+        for names, images in g.crops_without(key):
+            if images:
+                embedder = embedder or self._embedder_here()
+                parts.append(np.asarray(embedder.embed_many(images), dtype=np.float32))
+                labels = [*labels, *names]
+        return (np.concatenate(parts) if parts else emb), labels
 
     def check(self) -> CheckReport:
         """Each product's nearest look-alike and own-view agreement, with the threshold in force."""
@@ -312,7 +326,7 @@ class DeviceApp(Closing):
         stored = None
         if append:
             existing = g.product(name)
-            emb, labels = g.load(self.model_id)
+            emb, labels = g.load(self.embedding_id)
             if existing is not None:
                 mine = [i for i, label in enumerate(labels) if label == existing.name]
                 stored = emb[mine] if mine else None
@@ -331,7 +345,7 @@ class DeviceApp(Closing):
         pid = g.add_product(
             name,
             views,
-            self.model_id,
+            self.embedding_id,
             code=code,
             append=append,
             crop_size=self.config.gallery.crop_size,
@@ -461,6 +475,7 @@ class _ViaLoop:
     def __init__(self, app: DeviceApp, embedder: EmbedderLike) -> None:
         self._app, self._embedder = app, embedder
         self.model_id = embedder.model_id
+        self.embedding_id = embedder.embedding_id
         self.dim = getattr(embedder, "dim", None)
         self.meta = getattr(embedder, "meta", None)
 

@@ -168,6 +168,16 @@ def sha256_file(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+def embedding_id(meta: BundleMeta) -> str:
+    """What the device keys stored embeddings by: the model file (`model_id`, its sha256) and the
+    preprocessing `model.json` declares (size, colour order, resize, scaling, quantization). An
+    edit of model.json that changes what the model is fed (e.g. BGR for RGB) makes embeddings
+    that do not match the old ones: a new id, so the stored views are re-embedded, not mixed.
+    (The adaptation of a format-2 bundle is applied when matching, not to stored embeddings.)"""
+    spec = json.dumps(asdict(meta.input), sort_keys=True, separators=(",", ":"))
+    return hashlib.sha256(f"{meta.model_id}\n{spec}".encode()).hexdigest()
+
+
 def write_bundle_meta(bundle_dir: str | Path, meta: BundleMeta) -> Path:
     """Write model.json atomically (a crash never leaves a half-written contract)."""
     path = Path(bundle_dir) / META_FILE

@@ -16,7 +16,7 @@ import signal
 import sys
 import tempfile
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -66,9 +66,25 @@ def _positive_int(text: str) -> int:
     return value
 
 
+def _given(text: str) -> str:
+    """An option's value that must say something: an empty --db "" (a variable that was not set)
+    must not fall back to the configured database, the production one on a device."""
+    if not text.strip():
+        raise argparse.ArgumentTypeError(
+            "empty value: give one, or leave the option out to use the configured one"
+        )
+    return text
+
+
+def _given_path(text: str) -> Path:
+    return Path(_given(text))  # Path("") would be ".", the current folder
+
+
 def build_parser() -> argparse.ArgumentParser:
     common = argparse.ArgumentParser(add_help=False)
-    common.add_argument("--config", type=Path, help="TOML config file (default: built-in defaults)")
+    common.add_argument(
+        "--config", type=_given_path, help="TOML config file (default: built-in defaults)"
+    )
     common.add_argument(
         "--validate-config",
         action="store_true",
@@ -76,14 +92,20 @@ def build_parser() -> argparse.ArgumentParser:
     )
     common.add_argument(
         "--model",
+        type=_given,
         help="model bundle directory, or its model.json (overrides [model] path)",
     )
-    common.add_argument("--db", help="product database file (overrides [gallery] path)")
-    common.add_argument("--log-level", help="DEBUG, INFO, WARNING or ERROR (overrides [service])")
+    common.add_argument(
+        "--db", type=_given, help="product database file (overrides [gallery] path)"
+    )
+    common.add_argument(
+        "--log-level", type=_given, help="DEBUG, INFO, WARNING or ERROR (overrides [service])"
+    )
 
     with_source = argparse.ArgumentParser(add_help=False)
     with_source.add_argument(
         "--source",
+        type=_given,
         help='frame source (overrides [camera] source): "picamera2", a camera index or device '
         '(/dev/video0), a video file, a URL, a folder of images, "synthetic:PHOTOS_DIR" (a '
         'generated scene) or "synthetic-live:PHOTOS_DIR" (the same, endless, in real time)',
@@ -100,6 +122,7 @@ def build_parser() -> argparse.ArgumentParser:
     run.add_argument("--max-frames", type=_positive_int, help="stop after this many frames")
     run.add_argument(
         "--save-crops",
+        type=_given,
         help="save each event's crop as JPEG in this folder (created if missing; must be writable)",
     )
     run.add_argument("--threshold", type=float, help="override the matching threshold")
@@ -125,7 +148,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     enroll.add_argument(
         "--from-images",
-        type=Path,
+        type=_given_path,
         metavar="DIR",
         help="photos of one product (DIR/*.jpg) or of several (DIR/<product>/*.jpg)",
     )
@@ -154,10 +177,10 @@ def build_parser() -> argparse.ArgumentParser:
     gexport = gsub.add_parser(
         "export", parents=[common], help="write every product to one zip file"
     )
-    gexport.add_argument("file", type=Path)
+    gexport.add_argument("file", type=_given_path)
     gexport.add_argument("--overwrite", action="store_true", help="replace an existing file")
     gimport = gsub.add_parser("import", parents=[common], help="add the products of an export file")
-    gimport.add_argument("file", type=Path)
+    gimport.add_argument("file", type=_given_path)
     gimport.add_argument("--replace", action="store_true", help="replace products of the same name")
     gevents = gsub.add_parser(
         "events", parents=[common], help="the last recognition events (JSON lines)"
@@ -200,16 +223,17 @@ def _add_outputs_parser(sub: Any, common: argparse.ArgumentParser) -> None:
 
 
 def _config(args: argparse.Namespace) -> Config:
+    # `is not None`: an option given is used (the parser refuses empty ones), never skipped.
     cfg = load_config(args.config)
-    if args.model:
+    if args.model is not None:
         cfg = cfg.replace("model", path=args.model)
-    if args.db:
+    if args.db is not None:
         cfg = cfg.replace("gallery", path=args.db)
-    if args.log_level:
+    if args.log_level is not None:
         cfg = cfg.replace("service", log_level=args.log_level.upper())
-    if getattr(args, "source", None):
+    if getattr(args, "source", None) is not None:
         cfg = cfg.replace("camera", source=args.source)
-    if getattr(args, "save_crops", None):
+    if getattr(args, "save_crops", None) is not None:
         cfg = cfg.replace("service", save_crops=args.save_crops)
     if getattr(args, "threshold", None) is not None:
         try:
@@ -256,6 +280,40 @@ def _check_crop_folder(folder: str) -> None:
             "save_crops a folder this user can create and write (under the service, a folder in "
             "/var/lib/prodrec), or leave it out"
         ) from exc
+
+
+@contextlib.contextmanager
+def _kept_only_if_used(db: str) -> Iterator[None]:
+    """A product database this command creates is removed again when the command stored nothing
+    in it (no usable photo, an aborted enrollment, an empty import): no empty file is left where
+    the next command, or the service, would take it for the product set."""
+    path = Path(db)
+    existed = path.exists()
+    try:
+        yield
+    finally:
+        if not existed and path.is_file():
+            _remove_if_unused(path)
+
+
+def _remove_if_unused(path: Path) -> None:
+    import sqlite3
+
+    try:
+        with contextlib.closing(sqlite3.connect(str(path), timeout=1.0)) as conn:
+            # Nothing in it, not even an event: another process (`run`) starting at this very
+            # moment would have logged nothing yet either, and would create the file anew.
+            used = conn.execute(
+                "SELECT (SELECT COUNT(*) FROM products) + (SELECT COUNT(*) FROM events)"
+            ).fetchone()[0]
+    except sqlite3.Error:
+        return  # not ours to judge (or locked by another process): left as it is
+    if used:
+        return
+    for leftover in (path, path.with_name(path.name + "-wal"), path.with_name(path.name + "-shm")):
+        with contextlib.suppress(FileNotFoundError):
+            leftover.unlink()
+    logger.info("nothing was stored: the new database %s was removed again", path)
 
 
 def cmd_run(args: argparse.Namespace, cfg: Config) -> int:
@@ -341,7 +399,7 @@ def cmd_enroll(args: argparse.Namespace, cfg: Config) -> int:
         return line
 
     try:
-        with _app(cfg) as app:
+        with _kept_only_if_used(cfg.gallery.path), _app(cfg) as app:
             embedder = app.embedder
             # The camera before the database: a failing camera must not leave an empty one.
             source = _open_source(cfg) if not args.from_images else contextlib.nullcontext()
@@ -440,7 +498,8 @@ def cmd_products(args: argparse.Namespace, cfg: Config) -> int:
 
 
 def _check_products(app: Any, *, as_json: bool, from_flag: bool) -> int:
-    report = app.check()  # views of an older model are re-embedded first, as `run` would
+    # Read only: views this model has not embedded yet are embedded in memory, never stored.
+    report = app.check()
     threshold, source, checks = report.threshold, report.threshold_source, report.checks
     if as_json:
         for c in checks:
@@ -485,7 +544,7 @@ def cmd_gallery(args: argparse.Namespace, cfg: Config) -> int:
     # An import file is checked whole first: a bad one must not create a database at --db.
     export = read_gallery_export(args.file) if args.action == "import" else None
     if export is not None:
-        with _app(cfg) as app:
+        with _kept_only_if_used(cfg.gallery.path), _app(cfg) as app:
             # The model before the database: a bad --model must not leave an empty database.
             app.embedder  # noqa: B018
             res = app.import_gallery(export, replace=args.replace)

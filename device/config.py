@@ -90,6 +90,10 @@ class GalleryConfig:
     path: str = "/var/lib/prodrec/gallery.db"
     reload_every_s: float = 2.0  # how often `run` checks for products added by another process
     crop_size: int = 320  # stored view crops are shrunk to at most this many pixels per side
+    # Events table retention, applied when `run` starts and every few minutes: the newest
+    # max_events rows kept (0 = no limit), rows older than max_age_days deleted (0 = no limit).
+    max_events: int = 100_000
+    max_age_days: float = 0.0
 
 
 @dataclass(frozen=True)
@@ -97,6 +101,8 @@ class EnrollConfig:
     views: int = 4
     duplicate_cosine: float = 0.98  # a view this similar to one already taken is refused
     timeout_s: float = 60.0  # give up waiting for a stable placement after this long
+    # A photo whose header declares more pixels is refused before decoding (memory bound).
+    max_image_pixels: int = 40_000_000
 
 
 @dataclass(frozen=True)
@@ -367,11 +373,20 @@ def validate(cfg: Config, where: str = "config") -> None:
     _check(bool(g.path.strip()), w, "path", "a database file path", g.path)
     _check(0 < g.reload_every_s <= 3600, w, "reload_every_s", "0 < s <= 3600", g.reload_every_s)
     _check(32 <= g.crop_size <= 2048, w, "crop_size", "32..2048", g.crop_size)
+    _check(g.max_events >= 0, w, "max_events", ">= 0 (0 = no limit)", g.max_events)
+    _check(g.max_age_days >= 0, w, "max_age_days", ">= 0 (0 = no limit)", g.max_age_days)
     w = f"{where} [enroll]"
     e = cfg.enroll
     _check(1 <= e.views <= 64, w, "views", "1..64", e.views)
     _check(0 < e.duplicate_cosine <= 1, w, "duplicate_cosine", "0 < c <= 1", e.duplicate_cosine)
     _check(0 < e.timeout_s <= 3600, w, "timeout_s", "0 < s <= 3600", e.timeout_s)
+    _check(
+        10_000 <= e.max_image_pixels <= 1_000_000_000,
+        w,
+        "max_image_pixels",
+        "10000..1000000000",
+        e.max_image_pixels,
+    )
     w = f"{where} [service]"
     s = cfg.service
     _check(

@@ -15,7 +15,7 @@ from typing import Any
 
 import numpy as np
 
-from .bundle import BundleMeta, Quantization, read_bundle_meta
+from .bundle import BundleMeta, Quantization, embedding_id, read_bundle_meta
 from .closing import Closing
 from .errors import BundleError, ModelError
 from .preprocess import prepare, to_input_tensor
@@ -38,6 +38,7 @@ class Embedder(Closing):
         self.bundle_dir = Path(bundle_dir)
         self.meta: BundleMeta = read_bundle_meta(self.bundle_dir)  # also verifies the model id
         self.model_id: str = self.meta.model_id
+        self.embedding_id: str = embedding_id(self.meta)
         self.dim: int = self.meta.output.embedding_dim
         self.num_threads = num_threads
         self.runtime: str = runtime_name()

@@ -25,7 +25,7 @@ from .crop import object_crop
 from .enroll_session import EnrollSession
 from .errors import CameraError, NearDuplicateView
 from .folders import product_images
-from .gallery import EmbedderLike, Gallery, product_name
+from .gallery import EmbedderLike, Gallery, new_product_name, product_name
 from .images import list_images, load_image
 from .placement import Action, PlacementTracker
 
@@ -185,7 +185,7 @@ def guided_enroll(
             continue
         say(f"  view {len(session.views)}/{n_views} taken (box {list(det.box)})")
 
-    pid = session.commit(gallery, embedder.model_id, crop_size=config.gallery.crop_size)
+    pid = session.commit(gallery, embedder.embedding_id, crop_size=config.gallery.crop_size)
     name = session.name
     taken = session.views
     say(f"Stored {name!r} with {len(taken)} views.")
@@ -199,15 +199,30 @@ class PhotoEnrollResult:
     skipped: list[str]  # "path: reason"
 
 
+def _few(names: list[str], n: int = 3) -> str:
+    shown = ", ".join(names[:n])
+    return shown + (f" and {len(names) - n} more" if len(names) > n else "")
+
+
 def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path]]]:
     """(product, photos): the folder's images as one product, or one product per sub-folder."""
     folder = Path(folder)
     if not folder.is_dir():
         raise ValueError(f"{folder} is not a folder of product photos")
     direct = list_images(folder)
-    if direct:
-        return [(name or folder.resolve().name, direct)]
     subs = product_images(folder)
+    if direct and subs:
+        # One stray photo would otherwise make the whole tree one product (the sub-folders
+        # ignored): say which photos and folders are mixed, and store nothing.
+        raise ValueError(
+            f"{folder} holds both photos ({_few([p.name for p in direct])}) and product folders "
+            f"({_few([n for n, _ in subs])}): put the photos in a folder of their own (one "
+            "folder per product), or enroll that folder alone"
+        )
+    if direct:
+        product = name if name is not None else folder.resolve().name
+        new_product_name(product)  # checked before any photo is embedded
+        return [(product, direct)]
     if not subs:
         raise ValueError(f"{folder} holds no images (expected DIR/*.jpg or DIR/<product>/*.jpg)")
     if name is not None:
@@ -217,7 +232,11 @@ def product_folders(folder: Path, name: str | None) -> list[tuple[str, list[Path
         )
     seen: dict[str, str] = {}
     for sub_name, _ in subs:
-        other = seen.setdefault(product_name(sub_name), sub_name)
+        try:
+            key = new_product_name(sub_name)
+        except ValueError as exc:
+            raise ValueError(f"the sub-folder {sub_name!r} of {folder}: {exc}") from exc
+        other = seen.setdefault(key, sub_name)
         if other != sub_name:  # checked before any photo is embedded
             raise ValueError(
                 f"the sub-folders {other!r} and {sub_name!r} of {folder} name the same product "
@@ -265,7 +284,7 @@ def enroll_from_images(
     current: str | None = None  # the product being stored when an interruption comes
     views_before: int | None = None
     # --append: the stored views, read once, for the near-duplicate check of each product's photos
-    stored_emb, stored_labels = gallery.load(embedder.model_id) if append else (None, [])
+    stored_emb, stored_labels = gallery.load(embedder.embedding_id) if append else (None, [])
     try:
         for product, paths in plan:
             current, views_before = product, None
@@ -285,7 +304,7 @@ def enroll_from_images(
             gallery.add_product(
                 product,
                 views,
-                embedder.model_id,
+                embedder.embedding_id,
                 code=code,
                 append=append,
                 crop_size=config.gallery.crop_size,
@@ -355,6 +374,14 @@ def select_views(
     return views, skipped, already
 
 
+def photo_side(embedder: EmbedderLike, config: Config) -> int:
+    """The longest side a photo needs: the stored crop's ([gallery] crop_size), or the model's
+    input when it is larger; more pixels would change neither the view nor its embedding."""
+    spec = getattr(getattr(embedder, "meta", None), "input", None)
+    model_side = max(int(spec.height), int(spec.width)) if spec is not None else 0
+    return max(config.gallery.crop_size, model_side)
+
+
 def _photo_views(
     product: str,
     paths: list[Path],
@@ -367,14 +394,23 @@ def _photo_views(
     unreadable: list[str] = []
     names: list[str] = []
     images: list[np.ndarray] = []
+    embs: list[np.ndarray] = []
+    side = photo_side(embedder, config)
     for path in paths:
         try:
-            images.append(load_image(path))
+            # Refused undecoded when too large, and reduced while decoded: only one photo is ever
+            # held at full size, and every kept view is at most `side` pixels a side.
+            image = load_image(path, max_pixels=config.enroll.max_image_pixels, max_side=side)
         except ValueError as exc:
             unreadable.append(f"{path}: {exc}")
             continue
+        try:
+            embs.append(np.asarray(embedder.embed(image), dtype=np.float32))
+        except ValueError as exc:  # e.g. a photo too small to embed: skipped like an unreadable one
+            unreadable.append(f"{path}: {exc}")
+            continue
         names.append(str(path))
-    embs = [np.asarray(embedder.embed(image), dtype=np.float32) for image in images]
+        images.append(image)
     views, dupes, already = select_views(
         names, images, np.asarray(embs), config.enroll.duplicate_cosine, stored
     )

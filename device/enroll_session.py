@@ -15,7 +15,7 @@ import numpy as np
 
 from .crop import Box
 from .errors import NearDuplicateView, ProductExists
-from .gallery import Gallery, product_name
+from .gallery import Gallery, new_product_name
 
 PROMPTS = (
     "Place the product in front of the camera",
@@ -58,9 +58,7 @@ class EnrollSession:
     refusals: int = 0
 
     def __post_init__(self) -> None:
-        self.name = product_name(self.name)
-        if not self.name:
-            raise ValueError("a product needs a name")
+        self.name = new_product_name(self.name)  # refused at the start, not after the views
         if self.views_wanted < 1:
             raise ValueError("an enrollment needs at least 1 view")
 
@@ -96,7 +94,8 @@ class EnrollSession:
         return len(self.views)
 
     def commit(self, gallery: Gallery, model_id: str, *, crop_size: int = 320) -> int:
-        """Store the product with every view taken, in one transaction; its id."""
+        """Store the product with every view taken, in one transaction, the embeddings under
+        `model_id` (the embedder's `embedding_id`); its id."""
         if not self.views:
             raise ValueError(f"no views of {self.name!r} were taken: nothing to store")
         return gallery.add_product(

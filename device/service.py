@@ -40,7 +40,7 @@ from .commands import (
 from .config import Config
 from .crop import object_crop
 from .enroll_session import CapturedViewInfo, EnrollSession
-from .errors import CameraError, ProductNotFound
+from .errors import CameraError, GalleryError, ProductNotFound
 from .events import Event, EventBus, new_event_id
 from .framehub import FrameHub, FrameSnapshot
 from .gallery import EmbedderLike, Gallery, encode_jpeg, utc_now
@@ -53,6 +53,10 @@ logger = logging.getLogger(__name__)
 
 # systemd start-up time asked for before each batch of re-embedding (a batch takes seconds).
 REEMBED_GRACE_S = 60.0
+# The events table's retention ([gallery] max_events, max_age_days) is applied at start and then
+# this often, on the loop thread (its own connection; the event rows are written by the bus's
+# event-log sink on another).
+RETENTION_EVERY_S = 600.0
 
 
 class NullNotifier:
@@ -140,12 +144,12 @@ class Recognizer:
         when a reload happened."""
         if not self.gallery.changed() and not force:
             return False
-        stale = self.gallery.stale_views(self.embedder.model_id)
+        stale = self.gallery.stale_views(self.embedder.embedding_id)
         if stale:
             self.notifier.extend_timeout(REEMBED_GRACE_S)
             self.gallery.reembed(self.embedder, progress=self._reembed_progress)
             self.gallery.changed()  # our own re-embedding is not news
-        emb, labels = self.gallery.load(self.embedder.model_id)
+        emb, labels = self.gallery.load(self.embedder.embedding_id)
         if not labels:
             emb = np.zeros((0, 1), np.float32)
         self.matcher, self.decision = self.policy.build(emb, labels)
@@ -258,6 +262,7 @@ class Service:
         self._frame: np.ndarray | None = None
         self._det: Detection | None = None
         self.session: EnrollSession | None = None
+        self._next_retention = 0.0  # clock() time of the next trim of the events table
 
     # --- the loop ------------------------------------------------------------------------------
 
@@ -267,6 +272,7 @@ class Service:
         source: FrameSource | None = None
         failing = False
         next_reload = self.clock() + self.config.gallery.reload_every_s
+        self._apply_retention()  # at start: a service restarted often is trimmed too
         self.notifier.ready(f"watching; {len(self.recognizer.matcher)} products")
         try:
             while not self.should_stop():
@@ -364,7 +370,24 @@ class Service:
             self._run_commands()
             self.sleep(min(left, 0.5))
 
+    def _apply_retention(self) -> None:
+        """Trim the events table to [gallery] max_events / max_age_days, now and every
+        RETENTION_EVERY_S; a database that refuses it is logged and tried again later."""
+        g = self.config.gallery
+        self._next_retention = self.clock() + RETENTION_EVERY_S
+        if not (g.max_events or g.max_age_days):
+            return
+        try:
+            deleted = self.gallery.trim_events(g.max_events, g.max_age_days)
+        except GalleryError as exc:
+            logger.warning("could not trim the events table: %s (tried again later)", exc)
+            return
+        if deleted:
+            logger.info("events table trimmed: %d old rows deleted", deleted)
+
     def _process(self, frame: np.ndarray, t0: float) -> None:
+        if self.clock() >= self._next_retention:
+            self._apply_retention()
         det = self.detector.detect(frame)
         action = self.tracker.update(det)
         self._frame, self._det = frame, det
@@ -487,7 +510,7 @@ class Service:
                     "taken: capture the others first (or cancel)"
                 )
             pid = session.commit(
-                self.gallery, self.embedder.model_id, crop_size=self.config.gallery.crop_size
+                self.gallery, self.embedder.embedding_id, crop_size=self.config.gallery.crop_size
             )
             self.session = None
             self.recognizer.refresh(force=True)  # recognised from the next placement on

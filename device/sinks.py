@@ -11,7 +11,9 @@ import os
 import re
 import sqlite3
 import sys
+import time
 from collections import deque
+from collections.abc import Callable
 from contextlib import AbstractContextManager
 from pathlib import Path
 from typing import Any, Protocol, TextIO
@@ -26,6 +28,11 @@ logger = logging.getLogger(__name__)
 
 # Event rows kept in memory while the database refuses them.
 MAX_PENDING_EVENTS = 1000
+# While the database refuses event rows, they are tried again with the next event once this long
+# has passed, doubling up to the maximum: a locked database costs its busy timeout per try, and
+# a sink stuck in tries falls behind and drops events.
+EVENTS_RETRY_INITIAL_S = 1.0
+EVENTS_RETRY_MAX_S = 60.0
 # The app's own saved crops: <UTC time>_<frame>_<label>.jpg (pruning never touches other files).
 CROP_NAME = re.compile(r"^\d{8}T\d{6}(\.\d+)?Z?_\d{7}_.*\.jpg$")
 
@@ -68,15 +75,21 @@ class EventLogLike(Protocol):
 class EventLogSink:
     """A row per event in the product database's events table.
 
-    A database that cannot take the rows (disk full, file made read-only) must not stop
+    A database that cannot take the rows (disk full, file made read-only, locked) must not stop
     recognition: the events are on stdout anyway, and the rows are written once it works again
-    (the most recent MAX_PENDING_EVENTS kept). `database` is a path (this sink then opens its own
-    connection, used only on its worker thread) or an open event log (not closed here)."""
+    (the most recent MAX_PENDING_EVENTS kept), tried with a later event after a back-off
+    (EVENTS_RETRY_INITIAL_S doubling to EVENTS_RETRY_MAX_S) and once more at close. `database` is
+    a path (this sink then opens its own connection, used only on its worker thread) or an open
+    event log (not closed here)."""
 
     name = "event-log"
 
     def __init__(
-        self, database: str | Path | EventLogLike, outbox: OutboxHook | None = None
+        self,
+        database: str | Path | EventLogLike,
+        outbox: OutboxHook | None = None,
+        *,
+        clock: Callable[[], float] = time.monotonic,
     ) -> None:
         self._path = Path(database) if isinstance(database, (str, Path)) else None
         self._log: EventLogLike | None = None if self._path is not None else database  # type: ignore[assignment]
@@ -86,6 +99,9 @@ class EventLogSink:
         # to them in the row's own transaction. Set before the first event (DeviceApp.run).
         self.outbox = outbox
         self._crops: dict[str, bytes] = {}  # event id -> crop JPEG for the outbox, while pending
+        self._clock = clock
+        self._retry_s = EVENTS_RETRY_INITIAL_S  # the wait after the next refusal
+        self._retry_at = 0.0  # clock() time before which a refused database is not tried again
 
     def _open(self) -> EventLogLike:
         if self._log is None:
@@ -107,7 +123,10 @@ class EventLogSink:
             if jpeg is not None:
                 self._crops[event.id] = jpeg
         self.pending.append(event)
-        self.flush_or_warn()
+        if self._clock() >= self._retry_at:
+            self.flush_or_warn()
+        else:  # backing off: kept for a later try
+            self._drop_oldest()
 
     def flush(self) -> None:
         """Write the pending rows (GalleryError when the database refuses them)."""
@@ -133,6 +152,8 @@ class EventLogSink:
         try:
             self.flush()
         except GalleryError as exc:
+            self._retry_at = self._clock() + self._retry_s
+            self._retry_s = min(self._retry_s * 2, EVENTS_RETRY_MAX_S)
             if not self._failing:
                 logger.error(
                     "cannot write events to the product database: %s. Recognition goes on; the "
@@ -140,24 +161,29 @@ class EventLogSink:
                     exc,
                 )
                 self._failing = True
-            dropped = len(self.pending) - MAX_PENDING_EVENTS
-            if dropped > 0:
-                logger.error(
-                    "%d event row(s) dropped (only the last %d are kept while the database "
-                    "refuses them; every event is in the printed JSON lines)",
-                    dropped,
-                    MAX_PENDING_EVENTS,
-                )
-                for old in self.pending[:dropped]:
-                    self._crops.pop(old.id, None)
-                del self.pending[:dropped]
+            self._drop_oldest()
             return False
+        self._retry_s, self._retry_at = EVENTS_RETRY_INITIAL_S, 0.0
         if self._failing:
             logger.warning("events are written to the product database again")
             self._failing = False
         return True
 
+    def _drop_oldest(self) -> None:
+        dropped = len(self.pending) - MAX_PENDING_EVENTS
+        if dropped > 0:
+            logger.error(
+                "%d event row(s) dropped (only the last %d are kept while the database "
+                "refuses them; every event is in the printed JSON lines)",
+                dropped,
+                MAX_PENDING_EVENTS,
+            )
+            for old in self.pending[:dropped]:
+                self._crops.pop(old.id, None)
+            del self.pending[:dropped]
+
     def close(self) -> None:
+        # One last try, whatever the back-off: the rows are lost otherwise.
         if self.pending and not self.flush_or_warn():
             logger.error(
                 "%d event row(s) not written to the database (they are in the printed JSON lines)",
@@ -182,8 +208,10 @@ class CropSink:
         self.keep = keep
         self.folder.mkdir(parents=True, exist_ok=True)
         # Listed once here, then kept up to date as crops are saved: no folder listing per event.
+        # Not kept at all with keep = 0 (keep all): nothing is pruned, and a list of every crop
+        # of a months-long run would only grow.
         self._saved: deque[Path] = deque(
-            sorted(p for p in self.folder.glob("*.jpg") if CROP_NAME.match(p.name))
+            sorted(p for p in self.folder.glob("*.jpg") if CROP_NAME.match(p.name)) if keep else ()
         )
 
     def path_for(self, event: Event) -> Path:
@@ -199,8 +227,9 @@ class CropSink:
         if not cv2.imwrite(str(path), crop_bgr):
             logger.warning("could not save the crop to %s", path)
             return event
-        self._saved.append(path)
-        self._prune()
+        if self.keep:
+            self._saved.append(path)
+            self._prune()
         return event.with_crop_file(str(path))
 
     def deliver(self, event: Event, crop_bgr: np.ndarray | None) -> None:

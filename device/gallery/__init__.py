@@ -1,15 +1,19 @@
 """The on-device product database (SQLite, standard library `sqlite3`).
 
     products(id, name UNIQUE, code, created)
-    views(id, product_id -> products, embedding float32 BLOB, dim, model_id, crop JPEG BLOB, created)
+    views(id, product_id -> products, crop JPEG BLOB, created)
+    embeddings(view_id -> views, model_id, embedding float32 BLOB, dim, created)  -- one per model
     events(id, ts, label, status, score, runner_up, runner_up_score, box, latency_ms, model_id,
-           best, crop_box, frame, crop_file)   -- the event's JSON line, field for field
+           best, crop_box, frame, crop_file, uid)   -- the event's JSON line, field for field
     meta(key, value)   -- 'products_rev': bumped by every change to products or views
 
 WAL mode and a busy timeout let `enroll` write while `run` reads in another process; `run` notices
 the change cheaply (`PRAGMA data_version`, then `products_rev`) and reloads its matcher. A product
 is written with all its views in one transaction: whole or not at all. Every view keeps its crop,
 so when the model changes every view is re-embedded from it (`reembed`) and no product is lost.
+A view keeps one embedding per model (`EmbedderLike.embedding_id`: the model file and the
+preprocessing its bundle declares), so two models share one database: each embeds a view once,
+and neither overwrites the other's embeddings (schema 6; before, a view had one embedding).
 The schema version is `PRAGMA user_version`; `_MIGRATIONS[i]` takes version i to i + 1. Opening
 checks the version and the tables, migrates, and probes that the file is writable in one write
 transaction, so two processes opening a new file at once cannot both create the schema.
@@ -28,7 +32,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from .db import Database
-from .eventlog import MAX_EVENTS, EventLog
+from .eventlog import EventLog
 from .records import (
     EmbedderLike,
     Product,
@@ -37,6 +41,7 @@ from .records import (
     decode_jpeg,
     embedding_blob,
     encode_jpeg,
+    new_product_name,
     product_name,
     utc_now,
 )
@@ -44,7 +49,6 @@ from .reembed import Reembedding
 from .schema import _MIGRATIONS, SCHEMA_VERSION, TABLES, _v0_to_v1
 
 __all__ = [
-    "MAX_EVENTS",
     "SCHEMA_VERSION",
     "TABLES",
     "_MIGRATIONS",
@@ -58,6 +62,7 @@ __all__ = [
     "decode_jpeg",
     "embedding_blob",
     "encode_jpeg",
+    "new_product_name",
     "product_name",
     "utc_now",
 ]
@@ -74,5 +79,4 @@ class Gallery(EventLog, Reembedding):
         self._undecodable = set()
         self._data_version = None
         self._rev = None
-        self._events_since_trim = 0
         super().__init__(path, busy_timeout_s=busy_timeout_s, check=check)

@@ -4,18 +4,15 @@ from __future__ import annotations
 
 import json
 from collections.abc import Mapping
+from datetime import datetime, timedelta, timezone
 from typing import Any
 
 from ..events import Event, new_event_id
 from .db import Database
 from .records import product_name, utc_now
 
-MAX_EVENTS = 100_000  # the events table is trimmed to the most recent rows
-
 
 class EventLog(Database):
-    _events_since_trim: int  # rows logged since the last trim (Gallery.__init__)
-
     # --- events --------------------------------------------------------------------------------
 
     def log_event(self, event: Event | Mapping[str, Any]) -> None:
@@ -45,13 +42,26 @@ class EventLog(Database):
                     event.get("id") or new_event_id(),
                 ),
             )
-            self._events_since_trim += 1
-            if self._events_since_trim >= 1000:
-                self._events_since_trim = 0
-                self.conn.execute(
-                    "DELETE FROM events WHERE id <= (SELECT MAX(id) FROM events) - ?",
-                    (MAX_EVENTS,),
-                )
+
+    def trim_events(self, max_events: int, max_age_days: float = 0.0) -> int:
+        """Delete all but the newest `max_events` event rows (0: no limit) and the rows older
+        than `max_age_days` (0: no limit); how many were deleted. Judged from the table itself,
+        not from a count kept by this process, so a service restarted often is trimmed too
+        ([gallery] max_events, max_age_days; applied by the service, device/service.py)."""
+        deleted = 0
+        with self.transaction("trimming the events table") as c:
+            if max_events:
+                deleted += c.execute(
+                    "DELETE FROM events WHERE id <= "
+                    "(SELECT id FROM events ORDER BY id DESC LIMIT 1 OFFSET ?)",
+                    (max_events,),
+                ).rowcount
+            if max_age_days:
+                cutoff = datetime.now(timezone.utc) - timedelta(days=max_age_days)
+                # Times are stored as utc_now() writes them: ISO text, which sorts by time.
+                stamp = cutoff.isoformat(timespec="milliseconds").replace("+00:00", "Z")
+                deleted += c.execute("DELETE FROM events WHERE ts < ?", (stamp,)).rowcount
+        return deleted
 
     def events(
         self,

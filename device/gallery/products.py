@@ -1,5 +1,8 @@
 """Products and their views: listing, storing (a product with all its views in one transaction),
-renaming, deleting, the embeddings of one model, and noticing changes made by other processes."""
+renaming, deleting, the embeddings of one model, and noticing changes made by other processes.
+
+A view keeps one embedding per model (table `embeddings`, keyed by the embedder's
+`embedding_id`): models share the database, and none overwrites another's embeddings."""
 
 from __future__ import annotations
 
@@ -10,10 +13,27 @@ from collections.abc import Iterator, Sequence
 import numpy as np
 
 from ..errors import GalleryError, ProductExists, ProductNotFound
-from .records import Product, View, embedding_blob, encode_jpeg, product_name, utc_now
+from .records import (
+    Product,
+    View,
+    decode_crop_or_none,
+    embedding_blob,
+    encode_jpeg,
+    new_product_name,
+    product_name,
+    utc_now,
+)
 from .schema import Schema
 
 logger = logging.getLogger(__name__)
+
+# SQL: the view `v` has no embedding of the model given as the parameter.
+NO_EMBEDDING = "NOT EXISTS (SELECT 1 FROM embeddings e WHERE e.view_id = v.id AND e.model_id = ?)"
+# SQL: joins the view `v` to `e`, the embedding it was stored with (its first).
+_FIRST = (
+    "JOIN embeddings e ON e.rowid = "
+    "(SELECT MIN(rowid) FROM embeddings WHERE embeddings.view_id = v.id)"
+)
 
 
 class ProductStore(Schema):
@@ -53,21 +73,18 @@ class ProductStore(Schema):
         """The views of a product, oldest first (without their crops: see `view_crop`)."""
         with self._failures("listing the views"):
             rows = self.conn.execute(
-                "SELECT id, product_id, model_id, dim, created FROM views WHERE product_id = ? "
-                "ORDER BY id",
+                f"SELECT v.id, v.product_id, e.model_id, e.dim, v.created FROM views v {_FIRST} "
+                "WHERE v.product_id = ? ORDER BY v.id",
                 (int(product_id),),
             ).fetchall()
         return [View(*row) for row in rows]
 
     def view_crop(self, view_id: int) -> bytes:
         """The stored JPEG crop of a view; ProductNotFound when there is no such view."""
-        with self._failures("reading a stored crop"):
-            row = self.conn.execute(
-                "SELECT crop FROM views WHERE id = ?", (int(view_id),)
-            ).fetchone()
-        if row is None:
+        crop = self.stored_crop(view_id)
+        if crop is None:
             raise ProductNotFound(f"no view with id {view_id}")
-        return bytes(row[0])
+        return bytes(crop)
 
     def set_code(self, name: str, code: str | None) -> None:
         """Set (or clear, with None or "") the product's code."""
@@ -100,19 +117,22 @@ class ProductStore(Schema):
             ]
 
     def view_rows(self, product_id: int) -> Iterator[tuple[int, bytes, str, bytes]]:
-        """(view id, embedding blob, model id, crop JPEG) of a product's views in id order, one at
-        a time (an export holds every crop: never all in memory)."""
+        """(view id, embedding blob, its key, crop JPEG) of a product's views in id order, one at
+        a time (an export holds every crop: never all in memory). One embedding a view (an export
+        file's format): the one it was stored with; a device with another model re-embeds the
+        crop on import."""
         with self._failures("reading the stored views"):
             yield from self.conn.execute(
-                "SELECT id, embedding, model_id, crop FROM views WHERE product_id = ? ORDER BY id",
+                f"SELECT v.id, e.embedding, e.model_id, v.crop FROM views v {_FIRST} "
+                "WHERE v.product_id = ? ORDER BY v.id",
                 (int(product_id),),
             )
 
     def view_dims(self, model_id: str) -> set[int]:
-        """The embedding sizes of the stored views of `model_id` (one, or none)."""
+        """The sizes of the stored embeddings of `model_id` (an embedding id: one size, or none)."""
         with self._failures("reading the stored views"):
             rows = self.conn.execute(
-                "SELECT DISTINCT dim FROM views WHERE model_id = ?", (model_id,)
+                "SELECT DISTINCT dim FROM embeddings WHERE model_id = ?", (model_id,)
             ).fetchall()
         return {int(r[0]) for r in rows}
 
@@ -138,9 +158,8 @@ class ProductStore(Schema):
         """Store a product with its (embedding, crop BGR) views in one transaction; its id.
 
         `append` adds the views to an existing product of that name instead of refusing it."""
-        name = product_name(name)
-        if not name:
-            raise ValueError("a product needs a name")
+        # Checked even when appending: a name that breaks the tables is never written.
+        name = new_product_name(name)
         if not views:
             raise ValueError(f"product {name!r}: no views to store")
         rows = [
@@ -160,8 +179,9 @@ class ProductStore(Schema):
         created: str | None = None,
         conn: sqlite3.Connection | None = None,
     ) -> int:
-        """Store a product from ready rows (embedding blob, size, crop JPEG); its id. Inside the
-        caller's transaction when `conn` is given (an import stores many products in one)."""
+        """Store a product from ready rows (embedding blob, size, crop JPEG), the embeddings
+        under `model_id` (the embedder's `embedding_id`); its id. Inside the caller's transaction
+        when `conn` is given (an import stores many products in one)."""
 
         def write(c: sqlite3.Connection) -> int:
             row = c.execute("SELECT id FROM products WHERE name = ?", (name,)).fetchone()
@@ -180,11 +200,16 @@ class ProductStore(Schema):
                 pid = row[0]
                 if code:
                     c.execute("UPDATE products SET code = ? WHERE id = ?", (code, pid))
-            c.executemany(
-                "INSERT INTO views(product_id, embedding, dim, model_id, crop, created) "
-                "VALUES (?, ?, ?, ?, ?, ?)",
-                [(pid, emb, dim, model_id, crop, now) for emb, dim, crop in rows],
-            )
+            for emb, dim, crop in rows:
+                view_id = c.execute(
+                    "INSERT INTO views(product_id, crop, created) VALUES (?, ?, ?)",
+                    (pid, crop, now),
+                ).lastrowid
+                c.execute(
+                    "INSERT INTO embeddings(view_id, model_id, embedding, dim, created) "
+                    "VALUES (?, ?, ?, ?, ?)",
+                    (view_id, model_id, emb, dim, now),
+                )
             self._bump(c)
             return int(pid)
 
@@ -195,9 +220,8 @@ class ProductStore(Schema):
 
     def rename(self, old: str, new: str) -> str:
         """Rename a product; the new name as stored."""
-        old, new = product_name(old), product_name(new)
-        if not new:
-            raise ValueError("the new name is empty")
+        # The old name is only looked up: a name stored before the rule can still be renamed.
+        old, new = product_name(old), new_product_name(new)
         with self.transaction(f"renaming the product {old!r}") as c:
             if c.execute("SELECT 1 FROM products WHERE name = ?", (new,)).fetchone():
                 raise ProductExists(f"a product named {new!r} already exists")
@@ -220,13 +244,15 @@ class ProductStore(Schema):
     # --- embeddings ----------------------------------------------------------------------------
 
     def load(self, model_id: str) -> tuple[np.ndarray, list[str]]:
-        """(embeddings (N, D), product name of each view) of the views made by `model_id`.
+        """(embeddings (N, D), product name of each view) of the views embedded by `model_id`
+        (an embedder's `embedding_id`).
 
         A product without views of that model (e.g. none left) is simply not among them."""
         with self._failures("loading the products"):
             rows = self.conn.execute(
-                "SELECT p.name, v.embedding, v.dim FROM views v JOIN products p "
-                "ON p.id = v.product_id WHERE v.model_id = ? ORDER BY p.id, v.id",
+                "SELECT p.name, e.embedding, e.dim FROM embeddings e "
+                "JOIN views v ON v.id = e.view_id JOIN products p ON p.id = v.product_id "
+                "WHERE e.model_id = ? ORDER BY p.id, v.id",
                 (model_id,),
             ).fetchall()
         if not rows:
@@ -240,13 +266,51 @@ class ProductStore(Schema):
         return emb.astype(np.float32), [r[0] for r in rows]
 
     def stale_views(self, model_id: str) -> int:
-        """How many views were embedded by another model than `model_id`."""
+        """How many views have no embedding of `model_id` (made by other models only)."""
         with self._failures("counting the views of older models"):
             return int(
                 self.conn.execute(
-                    "SELECT COUNT(*) FROM views WHERE model_id != ?", (model_id,)
+                    f"SELECT COUNT(*) FROM views v WHERE {NO_EMBEDDING}", (model_id,)
                 ).fetchone()[0]
             )
+
+    def crops_without(
+        self, model_id: str, batch: int = 32
+    ) -> Iterator[tuple[list[str], list[np.ndarray]]]:
+        """(product names, decoded crops) of the views without an embedding of `model_id`,
+        `batch` at a time (memory holds one batch): for a read-only command to embed them in
+        memory. Crops that cannot be decoded are left out."""
+        rows = self.views_without(model_id)
+        for start in range(0, len(rows), batch):
+            names: list[str] = []
+            images: list[np.ndarray] = []
+            for view_id, _, name in rows[start : start + batch]:
+                image = decode_crop_or_none(self.stored_crop(view_id))
+                if image is not None:
+                    names.append(name)
+                    images.append(image)
+            yield names, images
+
+    def views_without(self, model_id: str) -> list[tuple[int, int, str]]:
+        """(view id, product id, product name) of the views without an embedding of `model_id`,
+        in view id order."""
+        with self._failures("reading the views of other models"):
+            return [
+                (int(v), int(p), str(n))
+                for v, p, n in self.conn.execute(
+                    "SELECT v.id, p.id, p.name FROM views v JOIN products p "
+                    f"ON p.id = v.product_id WHERE {NO_EMBEDDING} ORDER BY v.id",
+                    (model_id,),
+                )
+            ]
+
+    def stored_crop(self, view_id: int) -> bytes | None:
+        """A view's stored JPEG crop; None when the view is gone (deleted meanwhile)."""
+        with self._failures("reading the stored crops"):
+            row = self.conn.execute(
+                "SELECT crop FROM views WHERE id = ?", (int(view_id),)
+            ).fetchone()
+        return None if row is None else row[0]
 
     # --- change detection ----------------------------------------------------------------------
 

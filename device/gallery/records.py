@@ -17,7 +17,10 @@ from ..errors import GalleryError
 class EmbedderLike(Protocol):
     """What the device needs of a model: `device.embedder.Embedder` or a test double."""
 
-    model_id: str
+    model_id: str  # the model file's sha256 (in events)
+    # What stored embeddings are keyed by: changes with the model file and with the preprocessing
+    # the bundle declares (an edited colour order makes other embeddings): device.bundle.
+    embedding_id: str
 
     def embed(self, crop_bgr: np.ndarray) -> np.ndarray: ...
 
@@ -37,6 +40,9 @@ class Product:
 class View:
     id: int
     product_id: int
+    # The embedding the view was stored with (enrolled or imported): its key (an embedding id,
+    # or a model id for views stored before schema 6) and size. Other models may have added
+    # their own embeddings of the view since.
     model_id: str
     dim: int
     created: str
@@ -46,6 +52,29 @@ def product_name(text: str) -> str:
     """A product name as stored and looked up: trimmed, and in Unicode NFC, so "mjölk" typed on
     the device and "mjölk" from a folder copied off a Mac (decomposed) are one product."""
     return unicodedata.normalize("NFC", text).strip()
+
+
+# Characters a product name may not hold: controls (newline, tab, escape, ...) and line or
+# paragraph separators. They would break the tables and line-based output that show names.
+_NOT_IN_NAMES = frozenset({"Cc", "Zl", "Zp"})
+
+
+def new_product_name(text: str) -> str:
+    """A name for a product being stored or renamed: `product_name(text)`, refused (ValueError,
+    showing the name as given) when blank or holding a control character. The one rule for every
+    way a name comes in: enroll (console, camera session, web), a photo folder's name, rename,
+    import."""
+    bad = sorted({c for c in text if unicodedata.category(c) in _NOT_IN_NAMES})
+    if bad:
+        which = ", ".join(unicodedata.name(c, f"U+{ord(c):04X}") for c in bad)
+        raise ValueError(
+            f"the product name {text!r} holds a control character ({which}): a name is one line "
+            "of printable text"
+        )
+    name = product_name(text)
+    if not name:
+        raise ValueError(f"the product name {text!r} is blank: a product needs a name")
+    return name
 
 
 def utc_now() -> str:

@@ -1,4 +1,5 @@
-"""Re-embedding the stored views from their crops when the model changes."""
+"""Embedding the stored views from their crops for a model that has not embedded them yet (the
+model changed): beside the other models' embeddings, never over them."""
 
 from __future__ import annotations
 
@@ -10,7 +11,7 @@ from collections.abc import Callable
 import numpy as np
 
 from .products import ProductStore
-from .records import EmbedderLike, decode_crop_or_none, embedding_blob
+from .records import EmbedderLike, decode_crop_or_none, embedding_blob, utc_now
 
 logger = logging.getLogger(__name__)
 
@@ -25,22 +26,17 @@ class Reembedding(ProductStore):
         batch: int = 32,
         progress: Callable[[int, int], None] | None = None,
     ) -> int:
-        """Re-embed every view not made by `embedder`'s model from its stored crop; the count.
+        """Embed every view that has no embedding of `embedder` (its `embedding_id`) from its
+        stored crop, beside the other models' embeddings; the count.
 
         Each batch is embedded, then written in its own short transaction: another process can
         still enroll meanwhile, and work done before an interruption (a stop, a start timeout)
-        is kept, so the next call carries on. A view changed in between is left for the next
-        call. `progress(done, total)` is called after each batch (the service uses it to keep
+        is kept, so the next call carries on. A view deleted in between is skipped. `progress(done, total)` is called after each batch (the service uses it to keep
         systemd's start timeout and watchdog satisfied). A view whose crop cannot be decoded is
         kept for its old model (a WARNING names it), and a product left without views of the new
         model is named in a WARNING too."""
-        model_id = embedder.model_id
-        with self._failures("re-embedding the views for the new model"):
-            rows = self.conn.execute(
-                "SELECT v.id, v.model_id, p.id, p.name FROM views v JOIN products p "
-                "ON p.id = v.product_id WHERE v.model_id != ? ORDER BY v.id",
-                (model_id,),
-            ).fetchall()
+        model_id = embedder.embedding_id
+        rows = self.views_without(model_id)
         # Views whose crop failed to decode in this process are not tried (and warned) again on
         # every reload; a new process tries them once more.
         todo = [r for r in rows if r[0] not in self._undecodable]
@@ -52,19 +48,16 @@ class Reembedding(ProductStore):
             len(todo),
         )
         done_views = 0
-        unreadable: list[tuple[int, str, int, str]] = []  # view id, its model, product id, name
+        unreadable: list[tuple[int, int, str]] = []  # view id, product id, name
         last_log = time.monotonic()
         for start in range(0, len(todo), batch):
             chunk = todo[start : start + batch]
-            keep: list[tuple[np.ndarray, int, str]] = []  # image, view id, its model
-            for view_id, old_model, pid, name in chunk:
-                with self._failures("reading the stored crops"):
-                    row = self.conn.execute(
-                        "SELECT crop FROM views WHERE id = ?", (view_id,)
-                    ).fetchone()
-                if row is None:
+            keep: list[tuple[np.ndarray, int]] = []  # image, view id
+            for view_id, pid, name in chunk:
+                crop = self.stored_crop(view_id)
+                if crop is None:
                     continue  # deleted meanwhile
-                image = decode_crop_or_none(row[0])
+                image = decode_crop_or_none(crop)
                 if image is None:
                     # Kept, not deleted: it still matches under its own model (a rollback with
                     # deploy-model.sh), and a failure to decode may be passing (memory).
@@ -74,20 +67,23 @@ class Reembedding(ProductStore):
                         name,
                         view_id,
                     )
-                    unreadable.append((view_id, old_model, pid, name))
+                    unreadable.append((view_id, pid, name))
                     self._undecodable.add(view_id)
                     continue
-                keep.append((image, view_id, old_model))
+                keep.append((image, view_id))
             if keep:
-                embs = np.asarray(embedder.embed_many([c for c, _, _ in keep]), dtype=np.float32)
+                embs = np.asarray(embedder.embed_many([c for c, _ in keep]), dtype=np.float32)
+                now = utc_now()
                 updates = [
-                    (embedding_blob(emb), int(emb.size), model_id, view_id, old_model)
-                    for emb, (_, view_id, old_model) in zip(embs, keep, strict=True)
+                    (model_id, embedding_blob(emb), int(emb.size), now, view_id)
+                    for emb, (_, view_id) in zip(embs, keep, strict=True)
                 ]
                 with self.transaction("re-embedding the views for the new model") as c:
+                    # A view deleted meanwhile gets none; one embedded meanwhile by another
+                    # process keeps that one.
                     c.executemany(
-                        "UPDATE views SET embedding = ?, dim = ?, model_id = ? "
-                        "WHERE id = ? AND model_id = ?",
+                        "INSERT OR IGNORE INTO embeddings(view_id, model_id, embedding, dim, "
+                        "created) SELECT id, ?, ?, ?, ? FROM views WHERE id = ?",
                         updates,
                     )
                     self._bump(c)
@@ -102,9 +98,10 @@ class Reembedding(ProductStore):
             emptied = sorted(
                 {
                     name
-                    for _, _, pid, name in unreadable
+                    for _, pid, name in unreadable
                     if self.conn.execute(
-                        "SELECT 1 FROM views WHERE product_id = ? AND model_id = ?",
+                        "SELECT 1 FROM views v JOIN embeddings e ON e.view_id = v.id "
+                        "WHERE v.product_id = ? AND e.model_id = ?",
                         (pid, model_id),
                     ).fetchone()
                     is None

@@ -13,8 +13,10 @@ from .records import product_name
 
 logger = logging.getLogger(__name__)
 
-SCHEMA_VERSION = 5
-TABLES = ("products", "views", "events", "meta")  # the tables of the current schema
+SCHEMA_VERSION = 6
+TABLES = ("products", "views", "events", "meta", "embeddings")  # the tables of the current schema
+# The schema each table appeared in (the others are there since schema 1).
+_TABLE_SINCE = {"embeddings": 6}
 
 
 def _run_script(conn: sqlite3.Connection, script: str) -> None:
@@ -111,6 +113,30 @@ def _v4_to_v5(conn: sqlite3.Connection) -> None:
     )
 
 
+def _v5_to_v6(conn: sqlite3.Connection) -> None:
+    # One embedding per (view, model): another model adds its own instead of overwriting. The
+    # stored embeddings keep the key they were made with (the model file's hash); a model keys
+    # its new ones by its embedding id (device/bundle.py), so it embeds every view once more.
+    _run_script(
+        conn,
+        """
+        CREATE TABLE embeddings(
+            view_id INTEGER NOT NULL REFERENCES views(id) ON DELETE CASCADE,
+            model_id TEXT NOT NULL,
+            embedding BLOB NOT NULL,
+            dim INTEGER NOT NULL,
+            created TEXT NOT NULL,
+            PRIMARY KEY (view_id, model_id));
+        CREATE INDEX embeddings_model ON embeddings(model_id);
+        INSERT INTO embeddings(view_id, model_id, embedding, dim, created)
+            SELECT id, model_id, embedding, dim, created FROM views;
+        ALTER TABLE views DROP COLUMN embedding;
+        ALTER TABLE views DROP COLUMN dim;
+        ALTER TABLE views DROP COLUMN model_id
+        """,
+    )
+
+
 # _MIGRATIONS[i] migrates a database at user_version i to i + 1 (inside one transaction).
 _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v0_to_v1,
@@ -118,6 +144,7 @@ _MIGRATIONS: list[Callable[[sqlite3.Connection], None]] = [
     _v2_to_v3,
     _v3_to_v4,
     _v4_to_v5,
+    _v5_to_v6,
 ]
 assert len(_MIGRATIONS) == SCHEMA_VERSION
 
@@ -174,8 +201,8 @@ class Schema(Database):
                 f"{self.path} has schema version {version}, newer than this software "
                 f"({SCHEMA_VERSION}): update prodrec on this device"
             )
-        # Every schema since 1 has all four tables: a file lacking one is damaged (or another
+        # Every schema has the tables of its version: a file lacking one is damaged (or another
         # program's) and is not migrated.
-        missing = [t for t in TABLES if t not in names]
+        missing = [t for t in TABLES if t not in names and _TABLE_SINCE.get(t, 1) <= version]
         if missing:
             raise GalleryError(self._corrupt(f"the tables {', '.join(missing)} are missing"))

@@ -38,6 +38,7 @@ from starlette.routing import BaseRoute, Route
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from ..commands import CancelEnroll, CaptureView, FinishEnroll, StartEnroll
+from ..enroll import photo_side
 from ..errors import (
     DeviceError,
     LoopNotRunningError,
@@ -445,6 +446,7 @@ class Api:
             if not files:
                 raise ValueError("send at least one photo (field 'photos')")
             images = []
+            side = photo_side(self.app.embedder, self.ctx.config)
             for i, f in enumerate(files):
                 data = await f.read(web.max_upload_bytes + 1)
                 label = f"photo {i + 1} ({f.filename or 'unnamed'})"
@@ -455,6 +457,7 @@ class Api:
                         label,
                         max_bytes=web.max_upload_bytes,
                         max_pixels=web.max_upload_pixels,
+                        max_side=side,
                     )
                 )
         finally:

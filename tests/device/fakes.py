@@ -22,6 +22,10 @@ class FakeEmbedder:
         self.calls = 0
         self.closed = False
 
+    @property
+    def embedding_id(self) -> str:
+        return self.model_id  # a stand-in has no preprocessing of its own
+
     def embed(self, crop_bgr: np.ndarray) -> np.ndarray:
         self.calls += 1
         h, w = crop_bgr.shape[:2]

@@ -11,7 +11,13 @@ import pytest
 
 from device.background import BackgroundDetector
 from device.crop import object_crop
-from device.enroll import EnrollAborted, EnrollInterrupted, enroll_from_images, guided_enroll
+from device.enroll import (
+    EnrollAborted,
+    EnrollInterrupted,
+    enroll_from_images,
+    guided_enroll,
+    photo_side,
+)
 from device.gallery import Gallery, decode_jpeg
 from device.images import load_image
 from device.synthetic import LiveScene, SyntheticScene
@@ -170,10 +176,13 @@ def test_enroll_from_images(tmp_path: Path) -> None:
                 tree, embedder=fake, gallery=g, config=cfg, name="X", say=lambda s: None
             )
         emb, labels = g.load(fake.model_id)
-    # The photo is the crop: the stored embedding is the photo's.
+    # The photo is the crop: the stored embedding is the photo's, reduced to what the stored crop
+    # needs as it was read (the fixture's 348 px photos to [gallery] crop_size).
     first = sorted((FIXTURE / "train" / "Arla-Standard-Milk").glob("*.jpg"))[0]
     assert labels[0] == "Arla-Standard-Milk"
-    np.testing.assert_allclose(emb[0], fake.embed(load_image(first)), atol=1e-6)
+    side = photo_side(fake, cfg)
+    assert side == cfg.gallery.crop_size == 320
+    np.testing.assert_allclose(emb[0], fake.embed(load_image(first, max_side=side)), atol=1e-6)
 
 
 def _tree(root: Path, products: tuple[str, ...], n: int = 2) -> Path:

@@ -14,7 +14,7 @@ from device.errors import GalleryError
 from device.events import Event, EventBus
 from device.gallery import Gallery
 from device.service import Service
-from device.sinks import CropSink, EventLogSink, StdoutSink
+from device.sinks import EVENTS_RETRY_MAX_S, CropSink, EventLogSink, StdoutSink
 
 from .conftest import make_config, scene_source
 from .fakes import FakeEmbedder
@@ -180,11 +180,13 @@ def test_event_log_sink_keeps_rows_while_the_database_refuses_them(tmp_path: Pat
             pass
 
     db = Flaky()
-    sink = EventLogSink(db)
+    now = [0.0]
+    sink = EventLogSink(db, clock=lambda: now[0])
     sink.deliver(make_event(1), None)
     sink.deliver(make_event(2), None)
     assert db.rows == [] and len(sink.pending) == 2
     db.broken = False
+    now[0] += EVENTS_RETRY_MAX_S  # tried again after a back-off (test_retention.py)
     sink.deliver(make_event(3), None)
     assert [e.frame for e in db.rows] == [1, 2, 3] and sink.pending == []
 

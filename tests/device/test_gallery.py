@@ -411,9 +411,10 @@ def test_unreadable_crop_during_reembedding(
     with Gallery(cfg.gallery.path) as g, caplog.at_level(logging.WARNING, "device.gallery"):
         recognizer = Recognizer(new, g, cfg)  # what `run` does at start: re-embeds, then loads
         assert recognizer.matcher.products == ["P1", "P3"] and recognizer.matcher.n_views == 2
-        # The undecodable views are kept for their old model (a rollback still matches them).
+        # The undecodable views are kept for their old model (a rollback still matches them);
+        # the old model keeps the embeddings of every view (models coexist, schema 6).
         assert [(p.name, p.n_views) for p in g.products()] == [("P1", 2), ("P2", 1), ("P3", 1)]
-        assert g.stale_views(new.model_id) == 2 and len(g.load(old.model_id)[1]) == 2
+        assert g.stale_views(new.model_id) == 2 and len(g.load(old.model_id)[1]) == 4
         text = caplog.text
         assert f"'P1': the stored crop of view {bad['P1']} cannot be decoded" in text
         assert f"'P2': the stored crop of view {bad['P2']}" in text
@@ -568,12 +569,17 @@ def test_a_schema_1_database_is_migrated_without_loss(tmp_path: Path) -> None:
     conn.execute("COMMIT")
     conn.close()
     with Gallery(db) as g:
-        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 5
+        assert g.conn.execute("PRAGMA user_version").fetchone()[0] == SCHEMA_VERSION == 6
         # names normalised (schema 4): the decomposed one is found by its usual spelling
         assert [p.name for p in g.products()] == ["Old", "mjölk", "mjölk (2)"]
         assert g.product("mjölk") is not None
         emb, labels = g.load("m")
         assert labels == ["Old"] and np.allclose(emb, [[0.6, 0.8]])
+        # schema 6: the embedding moved to its own table, under the model id that made it
+        assert [r[1] for r in g.conn.execute("PRAGMA table_info(views)")] == [
+            "id", "product_id", "crop", "created"
+        ]  # fmt: skip
+        assert [(v.model_id, v.dim) for v in g.views(1)] == [("m", 2)]
         g.log_event({"time": "now", "label": "Old", "status": "known", "score": 0.8,
                      "best": "Old", "box": [5, 6, 7, 8], "crop_box": [4, 5, 9, 9], "frame": 12})  # fmt: skip
         old, new = g.events(10)

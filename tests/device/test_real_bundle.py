@@ -64,7 +64,7 @@ def test_recognises_enrolled_products_and_rejects_an_unknown(
     with Gallery(cfg.gallery.path) as g:
         for label, crop in enroll_crops:
             if label != UNENROLLED:
-                g.add_product(label, [(embedder.embed(crop), crop)], embedder.model_id)
+                g.add_product(label, [(embedder.embed(crop), crop)], embedder.embedding_id)
         source = scene_source(photos, seed=11)
         events = _run_scene(cfg, g, embedder, source)
     truth = [p.label for p in source.placements]
@@ -88,8 +88,8 @@ def test_model_change_reembeds_every_view(
     with Embedder(bundle, num_threads=1) as old, Gallery(db) as g:
         assert old.model_id != embedder.model_id
         for label, crop in enrolled:
-            g.add_product(label, [(old.embed(crop), crop)], old.model_id)
-        assert g.stale_views(embedder.model_id) == 3
+            g.add_product(label, [(old.embed(crop), crop)], old.embedding_id)
+        assert g.stale_views(embedder.embedding_id) == 3
     cfg = make_config(
         tmp_path,
         gallery={"path": str(db)},
@@ -100,10 +100,10 @@ def test_model_change_reembeds_every_view(
         service = Service(
             cfg, source_factory=lambda: source, embedder=embedder, gallery=g, out=io.StringIO()
         )
-        assert g.stale_views(embedder.model_id) == 0
+        assert g.stale_views(embedder.embedding_id) == 0
         assert len(service.recognizer.matcher) == 3
         assert service.recognizer.matcher.dim == embedder.dim
-        stored, names = g.load(embedder.model_id)
+        stored, names = g.load(embedder.embedding_id)
         events = service.run().events
     assert names == [label for label, _ in enrolled]
     direct = embedder.embed_many([crop for _, crop in enrolled])

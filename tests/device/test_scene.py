@@ -28,7 +28,7 @@ UNENROLLED = "Red-Bell-Pepper"
 def enroll_crops_into(gallery: Gallery, crops, embedder, skip: str = UNENROLLED) -> None:
     for label, image in crops:
         if label != skip:
-            gallery.add_product(label, [(embedder.embed(image), image)], embedder.model_id)
+            gallery.add_product(label, [(embedder.embed(image), image)], embedder.embedding_id)
 
 
 def run_service(cfg: Config, source, embedder, gallery) -> tuple[list[dict], str]:

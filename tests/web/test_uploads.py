@@ -75,3 +75,18 @@ def test_truncated_body_is_refused() -> None:
     data = _encoded(".png", 64, 48)[:60]  # a valid header, no image data
     with pytest.raises(UploadError, match="not a readable image"):
         check_photo(data, "cut.png", max_bytes=10**6, max_pixels=10**6)
+
+
+def test_a_photo_is_reduced_while_decoded_like_from_images() -> None:
+    data = _encoded(".jpg", 800, 600)
+    img = check_photo(data, "big.jpg", max_bytes=10**7, max_pixels=10**7, max_side=200)
+    assert img.shape == (150, 200, 3)
+    assert np.array_equal(img, decode_image(data, max_side=200))
+
+
+def test_a_format_the_page_does_not_take_is_refused_from_its_header() -> None:
+    data = _encoded(".tiff", 40, 30)
+    assert image_size(data) is None  # device.images reads TIFF headers; the page takes none
+    with pytest.raises(UploadError, match="not an image the device reads") as err:
+        check_photo(data, "a.tiff", max_bytes=10**6, max_pixels=10**6)
+    assert err.value.status == 415
