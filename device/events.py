@@ -48,6 +48,9 @@ _KEYS = (
     "frame",
     "model_id",
 )
+# The columns of an event as a table row (the web page's CSV download): the id, then the JSON
+# line's fields in order.
+CSV_FIELDS = ("id", *_KEYS)
 
 
 def new_event_id() -> str:

@@ -46,6 +46,7 @@ from ..errors import (
     ProductExists,
     ProductNotFound,
 )
+from ..events import CSV_FIELDS
 from . import assets
 from .context import Denied, WebContext
 from .jsonable import jsonable
@@ -57,21 +58,6 @@ logger = logging.getLogger(__name__)
 
 Handler = Callable[[Request], Awaitable[Response]]
 STATUSES = ("known", "unknown", "ambiguous")
-CSV_FIELDS = (
-    "id",
-    "time",
-    "label",
-    "status",
-    "score",
-    "best",
-    "runner_up",
-    "runner_up_score",
-    "box",
-    "crop_box",
-    "latency_ms",
-    "frame",
-    "model_id",
-)
 # A camera enrollment started here with no request for this many times [enroll] timeout_s is
 # cancelled (the page was closed).
 ENROLL_IDLE_FACTOR = 3.0
