@@ -17,7 +17,9 @@
 #   --release R   check this release (repeatable; default: bookworm, then trixie)
 #   --cache DIR   where the base roots are kept between runs (default /var/cache/prodrec-pi-check)
 #   --rebuild     build the base roots again (after a Debian point release, say)
-# Needs root, network access to deb.debian.org and PyPI, and about 3 GB in the cache. The
+# Needs root, network access to deb.debian.org and PyPI, and about 3 GB in the cache. The host's
+# locally added CA certificates (PI_CHECK_CA_DIR, default /usr/local/share/ca-certificates, e.g.
+# a TLS-intercepting proxy's) are added to each root, so pip there trusts what the host trusts. The
 # committed code (git HEAD) is checked, not uncommitted changes. CPU-heavy (everything runs
 # emulated): run it under `nice`, one release at a time (it does). Exit 0 when every release
 # passed; the last lines say which passed. Logs: CACHE/logs/RELEASE-TIME.log.
@@ -28,6 +30,7 @@ CACHE=/var/cache/prodrec-pi-check
 RELEASES=()
 REBUILD=0
 MIRROR=${PI_CHECK_MIRROR:-http://deb.debian.org/debian}
+CA_DIR=${PI_CHECK_CA_DIR:-/usr/local/share/ca-certificates}
 die() { echo "pi-check: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -140,6 +143,19 @@ check_release() {
   mount --bind /dev "$ROOT/dev"
   mount --bind /dev/pts "$ROOT/dev/pts"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
+  # A host that reaches the network through a TLS-intercepting proxy trusts the proxy's CA through
+  # a certificate its admin added (/usr/local/share/ca-certificates); a fresh root does not, and
+  # pip fails with CERTIFICATE_VERIFY_FAILED. Those local CAs (only those, not Debian's bundle) are
+  # added to the root the way an admin would add them on a Pi behind the same proxy.
+  local cas=("$CA_DIR"/*.crt)
+  if [ -e "${cas[0]}" ]; then
+    echo "== [$release] adding the host's local CA certificates to the root: ${cas[*]##*/}"
+    mkdir -p "$ROOT/usr/local/share/ca-certificates"
+    cp -L "${cas[@]}" "$ROOT/usr/local/share/ca-certificates/"
+    in_root update-ca-certificates >/dev/null
+    # pip may carry its own CA list (certifi) rather than the system's: point it at the system's.
+    printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$ROOT/etc/pip.conf"
+  fi
   echo "deb $MIRROR $release main" > "$ROOT/etc/apt/sources.list"
   echo "== [$release] $(in_root uname -m), $(in_root systemctl --version | head -1)"
 
