@@ -33,8 +33,15 @@ from pathlib import Path
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def link_tree(src_root: Path, classes: list[str], dst: Path) -> None:
+def link_tree(src_root: Path, classes: list[str], dst: Path, *, all_required: bool = True) -> None:
     for c in classes:
+        if not (src_root / c).is_dir():
+            # The dataset's val/ lacks some training classes; training maps val folders by name.
+            if all_required:
+                raise SystemExit(
+                    f"error: {src_root / c} is missing: is --data the grocery dataset?"
+                )
+            continue
         (dst / c).mkdir(parents=True, exist_ok=True)
         for f in sorted((src_root / c).iterdir()):
             link = dst / c / f.name
@@ -58,7 +65,7 @@ def main(argv: list[str] | None = None) -> int:
     proto = json.loads((args.data / "protocol.json").read_text(encoding="utf-8"))
     classes = list(proto["train_classes"])
     for split in ("train", "val"):
-        link_tree(args.data / split, classes, out / "data" / split)
+        link_tree(args.data / split, classes, out / "data" / split, all_required=split == "train")
     link_tree(args.data / "train", classes, out / "calib")
     py = sys.executable
     fit_dir, pooled, bundle = out / "fit", out / "pooled", out / "bundle"

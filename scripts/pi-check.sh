@@ -4,7 +4,8 @@
 #   1. systemd/install.sh runs for real, as root, as on a Pi: apt packages, the service user, the
 #      venv with pip's aarch64 wheels constrained to apt's numpy, the import checks and one
 #      inference, the code, config, model and unit, `systemctl enable` (--no-start: nothing can
-#      start a unit in a chroot; systemctl ignores daemon-reload there);
+#      start a unit in a chroot; systemctl ignores daemon-reload there), the web page's password
+#      (--web-password-file; the hash must be the service user's and not the password);
 #   2. the installed CLI wrapper validates the installed configuration as the service user;
 #   3. the demo (scripts/demo.sh) runs with the installed venv and the installed code
 #      (/opt/prodrec/app/device) and the installed model (/var/lib/prodrec/model);
@@ -172,8 +173,13 @@ check_release() {
       --no-install-recommends ./python3-picamera2-standin.deb'
   fi
 
-  echo "== [$release] systemd/install.sh --no-start (for real, as root)"
-  in_root sh -c 'cd /root/prodrec && systemd/install.sh --no-start'
+  echo "== [$release] systemd/install.sh --no-start --web-password-file (for real, as root)"
+  printf 'pi-check-%s\n' "$release" > "$ROOT/root/web-password.txt"
+  in_root sh -c 'cd /root/prodrec && systemd/install.sh --no-start \
+    --web-password-file /root/web-password.txt'
+  echo "== [$release] the web page's password hash is the service user's"
+  in_root sh -c 'test "$(stat -c %U /var/lib/prodrec/web-password)" = prodrec \
+    && ! grep -q pi-check /var/lib/prodrec/web-password'
 
   echo "== [$release] the installed command validates the installed configuration"
   in_root /usr/local/bin/prodrec run --validate-config --config /etc/prodrec/config.toml

@@ -11,6 +11,11 @@
 #   --model DIR        model bundle to install when none is installed (default: models/default)
 #   --no-apt           skip apt-get (packages already installed)
 #   --no-start         enable the service but do not (re)start it
+#   --web-password-file FILE
+#                      set the web page's password from the first line of FILE (for unattended
+#                      installs; the file can be deleted afterwards). Without it, set one later
+#                      with `sudo prodrec web set-password` before opening the page beyond
+#                      127.0.0.1 ([web] host in the config)
 #   -h, --help
 #
 # What it does, in order:
@@ -24,7 +29,8 @@
 #   5. /etc/prodrec/config.toml if absent (always refreshes config.toml.default beside it)
 #   6. the model bundle in /var/lib/prodrec/model if absent
 #   7. the unit /etc/systemd/system/prodrec.service (+ restart back-off drop-in on systemd >= 254),
-#      daemon-reload, enable, (re)start
+#      daemon-reload, enable, (re)start; with --web-password-file, the web page's password
+#      (stored as a salted hash beside the product database) before the start
 set -euo pipefail
 
 NAME=prodrec
@@ -34,6 +40,7 @@ ROOT=""
 MODEL_SRC="$SRC/models/default"
 DO_APT=1
 DO_START=1
+WEB_PASSWORD_FILE=""
 
 die() { echo "install.sh: error: $*" >&2; exit 1; }
 usage() { sed -n '2,/^set -euo/p' "${BASH_SOURCE[0]}" | sed '$d; s/^# \{0,1\}//'; }
@@ -47,6 +54,9 @@ while [ $# -gt 0 ]; do
     --model=*) MODEL_SRC=${1#--model=} ;;
     --no-apt) DO_APT=0 ;;
     --no-start) DO_START=0 ;;
+    --web-password-file) [ $# -ge 2 ] || die "--web-password-file needs a file"
+      WEB_PASSWORD_FILE=$2; shift ;;
+    --web-password-file=*) WEB_PASSWORD_FILE=${1#--web-password-file=} ;;
     -h|--help) usage; exit 0 ;;
     *) die "unknown option '$1' (see --help)" ;;
   esac
@@ -64,6 +74,12 @@ fi
 # --- checks --------------------------------------------------------------------------------------
 [ -d "$SRC/device" ] || die "run this script from a prodrec checkout (no device/ in $SRC)"
 [ -f "$SRC/device/default_config.toml" ] || die "$SRC/device/default_config.toml is missing"
+if [ -n "$WEB_PASSWORD_FILE" ]; then
+  # Checked before anything is installed: a typo must not leave a half-configured device.
+  [ -r "$WEB_PASSWORD_FILE" ] || die "--web-password-file $WEB_PASSWORD_FILE cannot be read"
+  [ -n "$(head -n 1 "$WEB_PASSWORD_FILE")" ] \
+    || die "--web-password-file $WEB_PASSWORD_FILE: its first line (the password) is empty"
+fi
 if live; then
   [ "$(id -u)" = 0 ] || die "run as root: sudo $0 (or --dry-run to see what it would do)"
   arch=$(uname -m)
@@ -232,6 +248,12 @@ else
 fi
 sys systemctl daemon-reload
 sys systemctl enable "$NAME.service"
+if [ -n "$WEB_PASSWORD_FILE" ]; then
+  note "web page password (from $WEB_PASSWORD_FILE)"
+  # The installed command runs as the service user, so the hash file is the service's own.
+  sys sh -c "head -n 1 \"\$1\" | \"\$2\" web set-password --password-stdin --config \"\$3\"" \
+    set-password "$WEB_PASSWORD_FILE" "$ROOT/usr/local/bin/$NAME" "$ETC/config.toml"
+fi
 if [ "$DO_START" = 1 ]; then
   # restart, not start: an upgrade must run the new code.
   sys systemctl reset-failed "$NAME.service"  # a start limit hit before must not block it
@@ -247,5 +269,8 @@ cat <<EOF
    enroll:   sudo systemctl stop $NAME     (it holds the camera)
              sudo $NAME enroll "Product name" --config /etc/$NAME/config.toml
              sudo systemctl start $NAME
+   web page: http://127.0.0.1:8080 on this device; for the shop's network, first
+             sudo $NAME web set-password --config /etc/$NAME/config.toml
+             then [web] host = "0.0.0.0" in the config and restart
    remove:   sudo /opt/$NAME/app/systemd/uninstall.sh   (keeps /var/lib/$NAME unless --purge)
 EOF

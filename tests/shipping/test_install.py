@@ -268,3 +268,45 @@ def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path)
     proc = run(deploy, str(uncalibrated), "--root", str(root), "--no-restart")
     assert proc.returncode == 0, proc.stderr
     assert (model / "model.tflite").read_bytes() == b"TFL3 uncalibrated"
+
+
+def test_web_password_file_sets_the_password_through_the_installed_command(
+    tmp_path: Path, bundle: Path
+) -> None:
+    root = tmp_path / "root"
+    secret = tmp_path / "pw"
+    secret.write_text("s3cret pass\nsecond line is ignored\n")
+    proc = run(INSTALL, "--root", str(root), "--model", str(bundle), "--no-start",
+               "--web-password-file", str(secret))  # fmt: skip
+    assert proc.returncode == 0, proc.stderr
+    lines = [ln for ln in proc.stdout.splitlines() if ln.startswith("+ sh -c") and "web" in ln]
+    assert len(lines) == 1 and lines[0].endswith("[skipped: --root]"), proc.stdout
+    # Run the printed command for real against a stand-in for the installed `prodrec`: it must get
+    # the first line on stdin and the installed config, and nothing else.
+    fake = root / "usr/local/bin/prodrec"
+    record = tmp_path / "record"
+    fake.write_text(f'#!/bin/sh\necho "$@" > {record}\ncat >> {record}\n')
+    command = lines[0].removeprefix("+ ").removesuffix("[skipped: --root]").strip()
+    done = subprocess.run(["bash", "-c", command], capture_output=True, text=True, timeout=30)
+    assert done.returncode == 0, done.stderr
+    assert record.read_text().splitlines() == [
+        f"web set-password --password-stdin --config {root}/etc/prodrec/config.toml",
+        "s3cret pass",
+    ]
+    # The set-password step comes after the unit is enabled (the command and config exist then).
+    assert proc.stdout.index("systemctl enable") < proc.stdout.index(lines[0])
+
+
+@pytest.mark.parametrize("content", [None, "\nsecond\n"])
+def test_bad_web_password_file_installs_nothing(
+    tmp_path: Path, bundle: Path, content: str | None
+) -> None:
+    root = tmp_path / "root"
+    secret = tmp_path / "pw"
+    if content is not None:
+        secret.write_text(content)
+    proc = run(INSTALL, "--root", str(root), "--model", str(bundle),
+               "--web-password-file", str(secret))  # fmt: skip
+    assert proc.returncode != 0
+    assert ("cannot be read" if content is None else "is empty") in proc.stderr
+    assert not (root / "opt").exists()
