@@ -269,8 +269,8 @@ cat <<EOF
    enroll:   sudo systemctl stop $NAME     (it holds the camera)
              sudo $NAME enroll "Product name" --config /etc/$NAME/config.toml
              sudo systemctl start $NAME
-   web page: http://127.0.0.1:8080 on this device; for the shop's network, first
-             sudo $NAME web set-password --config /etc/$NAME/config.toml
-             then [web] host = "0.0.0.0" in the config and restart
+   web page: http://127.0.0.1:8080 on this device (from a laptop: ssh -L 8080:127.0.0.1:8080);
+             for the shop's network: sudo $NAME web set-password --config /etc/$NAME/config.toml,
+             then [web] host and the unit's IPAddressAllow (README: "From another computer")
    remove:   sudo /opt/$NAME/app/systemd/uninstall.sh   (keeps /var/lib/$NAME unless --purge)
 EOF
