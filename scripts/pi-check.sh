@@ -14,7 +14,8 @@
 # lacks it, a stand-in package is installed first, and the log says so. The stand-in imports; it
 # opens no camera (no camera can be tested here anyway).
 #
-# Usage: sudo scripts/pi-check.sh [--release bookworm|trixie]... [--cache DIR] [--rebuild]
+# Usage: sudo [PI_CHECK_CPU=cortex-a72|cortex-a76|cortex-a53] scripts/pi-check.sh
+#            [--release bookworm|trixie]... [--cache DIR] [--rebuild]
 #   --release R   check this release (repeatable; default: bookworm, then trixie)
 #   --cache DIR   where the base roots are kept between runs (default /var/cache/prodrec-pi-check)
 #   --rebuild     build the base roots again (after a Debian point release, say)
@@ -32,6 +33,11 @@ RELEASES=()
 REBUILD=0
 MIRROR=${PI_CHECK_MIRROR:-http://deb.debian.org/debian}
 CA_DIR=${PI_CHECK_CA_DIR:-/usr/local/share/ca-certificates}
+# The CPU qemu emulates. Its default ("max") announces SVE and SME, which no Raspberry Pi has:
+# LiteRT then takes kernels a Pi never runs, and crashed in them (qemu 7.2). A Pi 4 is a
+# Cortex-A72, a Pi 5 a Cortex-A76, a Pi 3 / Zero 2 W a Cortex-A53.
+QEMU_CPU=${PI_CHECK_CPU:-cortex-a72}
+export QEMU_CPU
 die() { echo "pi-check: error: $*" >&2; exit 2; }
 while [ $# -gt 0 ]; do
   case "$1" in
@@ -87,7 +93,7 @@ trap cleanup EXIT
 
 # in_root CMD...: run in the ARM64 root with a clean environment, as root.
 in_root() {
-  chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb \
+  chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
@@ -158,7 +164,7 @@ check_release() {
     printf '[global]\ncert = /etc/ssl/certs/ca-certificates.crt\n' > "$ROOT/etc/pip.conf"
   fi
   echo "deb $MIRROR $release main" > "$ROOT/etc/apt/sources.list"
-  echo "== [$release] $(in_root uname -m), $(in_root systemctl --version | head -1)"
+  echo "== [$release] $(in_root uname -m) (qemu -cpu $QEMU_CPU), $(in_root systemctl --version | head -1)"
 
   mkdir -p "$ROOT/root/prodrec"
   tar -x -C "$ROOT/root/prodrec" -f "$SOURCE_TAR"
