@@ -33,9 +33,9 @@ RELEASES=()
 REBUILD=0
 MIRROR=${PI_CHECK_MIRROR:-http://deb.debian.org/debian}
 CA_DIR=${PI_CHECK_CA_DIR:-/usr/local/share/ca-certificates}
-# The CPU qemu emulates. Its default ("max") announces SVE and SME, which no Raspberry Pi has:
-# LiteRT then takes kernels a Pi never runs, and crashed in them (qemu 7.2). A Pi 4 is a
-# Cortex-A72, a Pi 5 a Cortex-A76, a Pi 3 / Zero 2 W a Cortex-A53.
+# The CPU qemu emulates. Its default ("max") announces SVE and SME, which no Raspberry Pi has, so
+# kernels a Pi never runs could be chosen. A Pi 4 is a Cortex-A72, a Pi 5 a Cortex-A76, a Pi 3 /
+# Zero 2 W a Cortex-A53.
 QEMU_CPU=${PI_CHECK_CPU:-cortex-a72}
 export QEMU_CPU
 die() { echo "pi-check: error: $*" >&2; exit 2; }
@@ -146,7 +146,9 @@ check_release() {
   ROOT=$(mktemp -d "$CACHE/$release-run.XXXXXX")
   tar -C "$ROOT" -xf "$base"
   mount -t proc proc "$ROOT/proc"
-  mount -t sysfs sysfs "$ROOT/sys"
+  # No sysfs: it would describe this machine's x86 CPUs, and LiteRT's CPU detection (cpuinfo)
+  # reading x86 topology as an ARM one crashed the first inference (SIGSEGV). Without it cpuinfo
+  # logs "failed to parse" and uses defaults; on a Pi, /sys describes the Pi.
   mount --bind /dev "$ROOT/dev"
   mount --bind /dev/pts "$ROOT/dev/pts"
   cp -L /etc/resolv.conf "$ROOT/etc/resolv.conf"
