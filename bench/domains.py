@@ -209,7 +209,7 @@ def main(argv: list[str] | None = None) -> int:
     for bundle, plain in runs:
         meta = read_bundle_meta(bundle)
         policy = MatchingPolicy.from_bundle(bundle, meta)
-        label = meta.name
+        label = f"{meta.name} (`{bundle}`)"  # the path: seeds of one recipe share a name
         if plain:  # the reference as the issue measured it: raw cosines, the bundle's threshold
             policy = dataclasses.replace(policy, centring=Centring.none(), cohort=None)
             label += " (reference: raw cosine, calibrated threshold)"
