@@ -91,9 +91,13 @@ cleanup() {
 }
 trap cleanup EXIT
 
-# in_root CMD...: run in the ARM64 root with a clean environment, as root.
+# in_root CMD...: run in the ARM64 root with a clean environment, as root. SYSTEMD_OFFLINE=1:
+# systemctl must not talk to the host's PID 1. It would find out it is in a chroot by itself,
+# through /proc/1/root, but a sandbox may deny that (then daemon-reload fails: "System has not
+# been booted with systemd").
 in_root() {
   chroot "$ROOT" /usr/bin/env -i HOME=/root LANG=C.UTF-8 TERM=dumb QEMU_CPU="$QEMU_CPU" \
+    SYSTEMD_OFFLINE=1 \
     PATH=/usr/local/sbin:/usr/local/bin:/usr/sbin:/usr/bin:/sbin:/bin "$@"
 }
 
