@@ -235,7 +235,33 @@ def read_bundle_meta(bundle_dir: str | Path, *, verify_model_id: bool = True) ->
                 f"{meta.model_id[:12]}...): the files come from different conversions or the .tflite "
                 "is corrupt; copy both files of one bundle together"
             )
+        _verify_cohort(bundle_dir, meta)
     return meta
+
+
+def bundle_files(meta: BundleMeta) -> tuple[str, ...]:
+    """The files of a bundle folder the device reads: model.json, the model and, in format 2, the
+    cohort. Copy all of them together (install.sh and deploy-model.sh copy the whole folder)."""
+    cohort = meta.adaptation.cohort_file if meta.adaptation is not None else None
+    return (META_FILE, meta.model_file) + ((cohort,) if cohort else ())
+
+
+def _verify_cohort(bundle_dir: Path, meta: BundleMeta) -> None:
+    """The cohort file model.json names is there and is the one it names (by sha256)."""
+    adaptation = meta.adaptation
+    if adaptation is None or adaptation.cohort_file is None:
+        return
+    path = bundle_dir / adaptation.cohort_file
+    if not path.is_file():
+        raise BundleError(
+            f"{path} named by {bundle_dir / META_FILE} is missing: copy the whole bundle folder "
+            "(model.json, the .tflite and the cohort), or re-run `python -m convert`"
+        )
+    if adaptation.cohort_sha256 and sha256_file(path) != adaptation.cohort_sha256:
+        raise BundleError(
+            f"{path} does not match model.json's cohort_sha256: the files come from different "
+            "conversions; copy the whole bundle folder"
+        )
 
 
 # --- parsing -------------------------------------------------------------------------------------

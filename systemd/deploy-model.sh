@@ -29,8 +29,9 @@ done
 
 STATE="$ROOT/var/lib/$NAME"
 [ -d "$STATE" ] || die "$STATE does not exist: install prodrec first (systemd/install.sh)"
-# Check the bundle with the device's own reader: both files present, model.json valid, and the
-# .tflite the one model.json describes (sha256). Only the standard library is needed for that.
+# Check the bundle with the device's own reader: every file present (the cohort too), model.json
+# valid, and the .tflite and the cohort the ones model.json describes (sha256). Only the standard
+# library is needed for that.
 CODE=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 # A bundle without a calibrated threshold only runs where the config sets one: refuse it otherwise,
 # here, rather than let the service fail on its next start.
@@ -83,19 +84,24 @@ sys() {
   if [ -n "$ROOT" ]; then echo "+ $*    [skipped: --root]"; else echo "+ $*"; "$@"; fi
 }
 model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
-model_file() { f=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$1/model.json" | head -1); echo "${f:-model.tflite}"; }
-# The same model already in place, byte for byte (a damaged installed copy is replaced).
+# A bundle is the whole folder: model.json, the .tflite and, in format 2, the cohort (plus notes).
+bundle_files=()
+for f in "$BUNDLE"/*; do [ ! -f "$f" ] || bundle_files+=("$f"); done
+# The same model already in place, every file byte for byte (a damaged or incomplete installed
+# copy, e.g. one without its cohort, is replaced).
+same_files() {
+  local f
+  for f in "${bundle_files[@]}"; do cmp -s "$f" "$STATE/model/${f##*/}" || return 1; done
+}
 if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ] \
-    && cmp -s "$STATE/model/$(model_file "$STATE/model")" "$BUNDLE/$(model_file "$BUNDLE")"; then
+    && same_files; then
   # The same model again (e.g. a retry): swapping would replace model.previous, the real
   # previous model, with this one.
   echo "this model ($(model_id "$BUNDLE" | cut -c1-12)) is already deployed; model.previous is kept"
 else
-  meta_file=$(sed -n 's/.*"model_file": *"\([^"]*\)".*/\1/p' "$BUNDLE/model.json" | head -1)
-  meta_file=${meta_file:-model.tflite}
   run rm -rf "$STATE/model.new"
   run mkdir -p "$STATE/model.new"
-  run cp "$BUNDLE/model.json" "$BUNDLE/$meta_file" "$STATE/model.new/"
+  run cp "${bundle_files[@]}" "$STATE/model.new/"
   sys chown -R "$NAME:$NAME" "$STATE/model.new"
   [ "$RESTART" = 0 ] || sys systemctl stop "$NAME.service"
   if [ -d "$STATE/model" ]; then

@@ -215,12 +215,23 @@ fi
 # --- 6. state: model bundle (the product database is created by the service) ---------------------
 note "state $STATE"
 act mkdir -p "$STATE"
+# A bundle is the whole folder: model.json, the .tflite and, in format 2, the cohort (plus notes).
+bundle_files=()
+for f in "$MODEL_SRC"/*; do [ ! -f "$f" ] || bundle_files+=("$f"); done
+model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
 if [ -e "$STATE/model/model.json" ]; then
   echo "   keeping the installed model $STATE/model (see README: deploying a new model)"
+  # The same model installed by an older install.sh that copied model.json and the .tflite only:
+  # add the files it lacks (the cohort), or the service refuses the bundle.
+  if [ "$(model_id "$STATE/model")" = "$(model_id "$MODEL_SRC")" ]; then
+    for f in "${bundle_files[@]}"; do
+      [ -e "$STATE/model/${f##*/}" ] || act cp "$f" "$STATE/model/"
+    done
+  fi
 elif [ -f "$MODEL_SRC/model.json" ] && [ -f "$MODEL_SRC/model.tflite" ]; then
   act rm -rf "$STATE/model.new"
   act mkdir -p "$STATE/model.new"
-  act cp "$MODEL_SRC/model.json" "$MODEL_SRC/model.tflite" "$STATE/model.new/"
+  act cp "${bundle_files[@]}" "$STATE/model.new/"
   act mv "$STATE/model.new" "$STATE/model"
 else
   echo "install.sh: warning: no model bundle at $MODEL_SRC (model.tflite + model.json);" \

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 
 from device.adaptation import Centring, blend_weight, centre, centre_vector, load_cohort
-from device.bundle import read_bundle_meta
+from device.bundle import bundle_files, read_bundle_meta
 from device.errors import BundleError
 from device.matcher import Matcher
 from device.matching import MatchingPolicy
@@ -142,6 +142,24 @@ def test_cohort_loads_and_is_checked(tmp_path: Path) -> None:
     bad = _bundle_with_cohort(tmp_path / "x", np.zeros((3, dim + 1), np.float16))
     with pytest.raises(BundleError, match="expected"):
         load_cohort(bad, read_bundle_meta(bad, verify_model_id=False))
+
+
+def test_bundle_files_and_a_missing_or_foreign_cohort(tmp_path: Path) -> None:
+    """The bundle's reader (and so deploy-model.sh) refuses a bundle whose cohort was not copied
+    or comes from another conversion, before the service would."""
+    dim = json.loads((DEFAULT / "model.json").read_text())["output"]["embedding_dim"]
+    cohort = np.zeros((3, dim), np.float16)
+    bundle = _bundle_with_cohort(tmp_path, cohort)
+    meta = read_bundle_meta(bundle)
+    assert bundle_files(meta) == ("model.json", "model.tflite", "cohort.npy")
+    assert bundle_files(read_bundle_meta(DEFAULT)) == ("model.json", "model.tflite", "cohort.npy")
+    np.save(bundle / "cohort.npy", cohort[:2])
+    with pytest.raises(BundleError, match="cohort_sha256"):
+        read_bundle_meta(bundle)
+    (bundle / "cohort.npy").unlink()
+    with pytest.raises(BundleError, match="copy the whole bundle folder"):
+        read_bundle_meta(bundle)
+    read_bundle_meta(bundle, verify_model_id=False)  # the quick read checks no file contents
 
 
 def test_adaptation_fields_are_checked(tmp_path: Path) -> None:

@@ -59,7 +59,8 @@ def test_optional_fields_may_be_null_or_absent(tmp_path: Path) -> None:
         del d["parity"]
 
     bundle = _bundle_with(tmp_path, change)
-    (bundle / "model.tflite").symlink_to(DEFAULT / "model.tflite")
+    for name in ("model.tflite", "cohort.npy"):
+        (bundle / name).symlink_to(DEFAULT / name)
     meta = read_bundle_meta(bundle)
     assert meta.threshold_info == {} and meta.parity == {} and meta.output.l2_normalized is True
 

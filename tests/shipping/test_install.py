@@ -200,9 +200,11 @@ def test_pi_requirements_leave_numpy_to_apt() -> None:
     )
 
 
-def _real_bundle(path: Path, threshold: float | None = 0.5) -> Path:
-    """A bundle whose model.json passes device.bundle's checks (sha256 of the .tflite)."""
+def _real_bundle(path: Path, threshold: float | None = 0.5, cohort: bool = False) -> Path:
+    """A bundle whose model.json passes device.bundle's checks (sha256 of the .tflite and, with
+    `cohort`, of the format-2 cohort file)."""
     from device.bundle import (
+        Adaptation,
         BundleMeta,
         InputSpec,
         OutputSpec,
@@ -214,6 +216,14 @@ def _real_bundle(path: Path, threshold: float | None = 0.5) -> Path:
 
     path.mkdir(parents=True)
     (path / "model.tflite").write_bytes(b"TFL3 " + path.name.encode())
+    adaptation = None
+    if cohort:
+        (path / "cohort.npy").write_bytes(b"cohort of " + path.name.encode())
+        adaptation = Adaptation(
+            domain_mean=(0.0,) * 32,
+            cohort_file="cohort.npy",
+            cohort_sha256=sha256_file(path / "cohort.npy"),
+        )
     meta = BundleMeta(
         name=path.name,
         model_id=sha256_file(path / "model.tflite"),
@@ -221,9 +231,39 @@ def _real_bundle(path: Path, threshold: float | None = 0.5) -> Path:
         output=OutputSpec(embedding_dim=32),
         provenance=Provenance(source_run="test", quantization="int8", created="now"),
         threshold=threshold,
+        adaptation=adaptation,
     )
     write_bundle_meta(path, meta)
     return path
+
+
+def test_the_whole_bundle_is_installed_and_deployed(tmp_path: Path) -> None:
+    """Every file of a bundle (the format-2 cohort too) is installed and deployed; an installed
+    copy without its cohort (as an older install.sh left it) is completed or replaced."""
+    root = tmp_path / "root"
+    model = root / "var/lib/prodrec/model"
+    first = _real_bundle(tmp_path / "first", cohort=True)
+    assert run(INSTALL, "--root", str(root), "--model", str(first)).returncode == 0
+    assert sorted(p.name for p in model.iterdir()) == ["cohort.npy", "model.json", "model.tflite"]
+    (model / "cohort.npy").unlink()
+    proc = run(INSTALL, "--root", str(root), "--model", str(first))
+    assert proc.returncode == 0 and "keeping the installed model" in proc.stdout
+    assert (model / "cohort.npy").read_bytes() == b"cohort of first"
+
+    deploy = REPO / "systemd" / "deploy-model.sh"
+    new = _real_bundle(tmp_path / "new", cohort=True)
+    assert run(deploy, str(new), "--root", str(root)).returncode == 0
+    assert (model / "cohort.npy").read_bytes() == b"cohort of new"
+    (model / "cohort.npy").unlink()
+    proc = run(deploy, str(new), "--root", str(root))
+    assert proc.returncode == 0 and "already deployed" not in proc.stdout
+    assert (model / "cohort.npy").read_bytes() == b"cohort of new"
+    # A bundle whose cohort was not copied along is refused; nothing changes.
+    partial = _real_bundle(tmp_path / "partial", cohort=True)
+    (partial / "cohort.npy").unlink()
+    proc = run(deploy, str(partial), "--root", str(root))
+    assert proc.returncode != 0 and "copy the whole bundle folder" in proc.stderr
+    assert (model / "model.tflite").read_bytes() == b"TFL3 new"
 
 
 def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path) -> None:
