@@ -17,7 +17,7 @@ matcher, threshold rule), and scored:
 - the same with 2, 5 and 15 products enrolled (random draws; queries of enrolled products are the
   known ones, queries of every other product the unknowns).
 - in hindsight, the most accepted-and-right any single threshold gives with false accepts <= 2%
-  (chosen on the queries themselves: an upper bound for a threshold rule, not a rule).
+  (chosen on the queries themselves: an upper bound for any fixed threshold, not a rule).
 
 `--reference` is the ImageNet-features bundle measured in the same run, as a format-1 device
 would use it (raw cosines, its calibrated threshold; pass it among the BUNDLEs too to see it with
@@ -128,7 +128,7 @@ def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[st
         thresholds.append(t)
     # Hindsight, not a rule a device could follow: the one threshold that accepts the most right
     # answers with at most HINDSIGHT_FAR false accepts, chosen on these very queries. It bounds
-    # what any single-threshold rule can reach with this model on this set.
+    # what any fixed threshold can reach with this model on this set.
     best_t = threshold_for_far(unknown_best, HINDSIGHT_FAR)
     hindsight = rates_at_threshold(best, predicted, truth, unknown_best, best_t)
     return {

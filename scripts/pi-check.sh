@@ -6,10 +6,12 @@
 #      inference, the code, config, model and unit, `systemctl enable` (--no-start: nothing can
 #      start a unit in a chroot; systemctl ignores daemon-reload there), the web page's password
 #      (--web-password-file; the hash must be the service user's and not the password);
-#   2. the installed CLI wrapper validates the installed configuration as the service user;
-#   3. the demo (scripts/demo.sh) runs with the installed venv and the installed code
+#   2. install.sh again, as an upgrade over an installed model without its cohort (what the
+#      install.sh before 9df0c95 left): it must complete the model;
+#   3. the installed CLI wrapper validates the installed configuration as the service user;
+#   4. the demo (scripts/demo.sh) runs with the installed venv and the installed code
 #      (/opt/prodrec/app/device) and the installed model (/var/lib/prodrec/model);
-#   4. `systemd-analyze verify` checks the installed unit with that release's systemd.
+#   5. `systemd-analyze verify` checks the installed unit with that release's systemd.
 # Debian Bookworm has no python3-picamera2 (it comes from the Raspberry Pi OS archive): where a release
 # lacks it, a stand-in package is installed first, and the log says so. The stand-in imports; it
 # opens no camera (no camera can be tested here anyway).
@@ -192,6 +194,12 @@ check_release() {
   echo "== [$release] the web page's password hash is the service user's"
   in_root sh -c 'test "$(stat -c %U /var/lib/prodrec/web-password)" = prodrec \
     && ! grep -q pi-check /var/lib/prodrec/web-password'
+
+  echo "== [$release] install.sh again, as an upgrade over a model an older install.sh left" \
+    "without its cohort (it must complete it, not fail its inference check on it)"
+  rm -f "$ROOT/var/lib/prodrec/model/cohort.npy"
+  in_root sh -c 'cd /root/prodrec && systemd/install.sh --no-start --no-apt'
+  test -f "$ROOT/var/lib/prodrec/model/cohort.npy"
 
   echo "== [$release] the installed command validates the installed configuration"
   in_root /usr/local/bin/prodrec run --validate-config --config /etc/prodrec/config.toml

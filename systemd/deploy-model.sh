@@ -87,28 +87,35 @@ model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev
 # A bundle is the whole folder: model.json, the .tflite and, in format 2, the cohort (plus notes).
 bundle_files=()
 for f in "$BUNDLE"/*; do [ ! -f "$f" ] || bundle_files+=("$f"); done
-# The same model already in place, every file byte for byte (a damaged or incomplete installed
-# copy, e.g. one without its cohort, is replaced).
+# The same model already in place, every file byte for byte: nothing to do. The same model with a
+# file missing or damaged (e.g. its cohort, left out by an older install.sh): repaired in place.
+# Either way model.previous stays what it is, the real previous model to roll back to.
 same_files() {
   local f
   for f in "${bundle_files[@]}"; do cmp -s "$f" "$STATE/model/${f##*/}" || return 1; done
 }
-if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ] \
-    && same_files; then
-  # The same model again (e.g. a retry): swapping would replace model.previous, the real
-  # previous model, with this one.
+same_model=0
+if [ -d "$STATE/model" ] && [ "$(model_id "$STATE/model")" = "$(model_id "$BUNDLE")" ]; then
+  same_model=1
+fi
+if [ "$same_model" = 1 ] && same_files; then
   echo "this model ($(model_id "$BUNDLE" | cut -c1-12)) is already deployed; model.previous is kept"
 else
+  [ "$same_model" = 0 ] || echo "repairing the installed copy of this model; model.previous is kept"
   run rm -rf "$STATE/model.new"
   run mkdir -p "$STATE/model.new"
   run cp "${bundle_files[@]}" "$STATE/model.new/"
   sys chown -R "$NAME:$NAME" "$STATE/model.new"
   [ "$RESTART" = 0 ] || sys systemctl stop "$NAME.service"
-  if [ -d "$STATE/model" ]; then
+  if [ "$same_model" = 1 ]; then
+    run rm -rf "$STATE/model.damaged"
+    run mv "$STATE/model" "$STATE/model.damaged"
+  elif [ -d "$STATE/model" ]; then
     run rm -rf "$STATE/model.previous"
     run mv "$STATE/model" "$STATE/model.previous"
   fi
   run mv "$STATE/model.new" "$STATE/model"
+  run rm -rf "$STATE/model.damaged"
 fi
 if [ "$RESTART" = 1 ]; then
   # A service that hit its start limit (e.g. installed without a usable model) would refuse the

@@ -71,14 +71,20 @@ fi
 # shellcheck source=actions.sh
 . "$(dirname "${BASH_SOURCE[0]}")/actions.sh"
 
+model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
+
 # --- checks --------------------------------------------------------------------------------------
 [ -d "$SRC/device" ] || die "run this script from a prodrec checkout (no device/ in $SRC)"
 [ -f "$SRC/device/default_config.toml" ] || die "$SRC/device/default_config.toml is missing"
 if [ -n "$WEB_PASSWORD_FILE" ]; then
   # Checked before anything is installed: a typo must not leave a half-configured device.
   [ -r "$WEB_PASSWORD_FILE" ] || die "--web-password-file $WEB_PASSWORD_FILE cannot be read"
-  [ -n "$(head -n 1 "$WEB_PASSWORD_FILE")" ] \
-    || die "--web-password-file $WEB_PASSWORD_FILE: its first line (the password) is empty"
+  # The rule of `prodrec web set-password` (8 characters at least, a final CR dropped), checked
+  # here so that it cannot fail after the code is installed. The password stays out of argv.
+  web_pw=$(head -n 1 "$WEB_PASSWORD_FILE" | tr -d '\r')
+  [ "${#web_pw}" -ge 8 ] || die "--web-password-file $WEB_PASSWORD_FILE: its first line (the \
+password) has ${#web_pw} characters; the web page needs 8 at least"
+  unset web_pw
 fi
 if live; then
   [ "$(id -u)" = 0 ] || die "run as root: sudo $0 (or --dry-run to see what it would do)"
@@ -163,8 +169,13 @@ import starlette, uvicorn, multipart  # noqa: F401,E401 - the web page ([web])
 print("   picamera2, ai_edge_litert and the web server import")
 EOF
   # The model that will run: the installed one on an upgrade (kept), else the one to install.
+  # The same model as the one to install: check that one (an installed copy that an older
+  # install.sh left without its cohort is completed in step 6, after this check).
   check_model=$MODEL_SRC
-  [ -f "$STATE/model/model.json" ] && check_model=$STATE/model
+  if [ -f "$STATE/model/model.json" ] \
+      && [ "$(model_id "$STATE/model")" != "$(model_id "$MODEL_SRC")" ]; then
+    check_model=$STATE/model
+  fi
   if [ -f "$check_model/model.json" ]; then
     # One real inference with the model being installed: a runtime that imports but cannot
     # run the model (an ABI mismatch with apt's numpy) shows here, not at the first start.
@@ -218,7 +229,6 @@ act mkdir -p "$STATE"
 # A bundle is the whole folder: model.json, the .tflite and, in format 2, the cohort (plus notes).
 bundle_files=()
 for f in "$MODEL_SRC"/*; do [ ! -f "$f" ] || bundle_files+=("$f"); done
-model_id() { sed -n 's/.*"model_id": *"\([^"]*\)".*/\1/p' "$1/model.json" 2>/dev/null | head -1; }
 if [ -e "$STATE/model/model.json" ]; then
   echo "   keeping the installed model $STATE/model (see README: deploying a new model)"
   # The same model installed by an older install.sh that copied model.json and the .tflite only:

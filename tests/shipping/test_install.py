@@ -258,6 +258,8 @@ def test_the_whole_bundle_is_installed_and_deployed(tmp_path: Path) -> None:
     proc = run(deploy, str(new), "--root", str(root))
     assert proc.returncode == 0 and "already deployed" not in proc.stdout
     assert (model / "cohort.npy").read_bytes() == b"cohort of new"
+    previous = root / "var/lib/prodrec/model.previous"
+    assert (previous / "cohort.npy").read_bytes() == b"cohort of first"
     # A bundle whose cohort was not copied along is refused; nothing changes.
     partial = _real_bundle(tmp_path / "partial", cohort=True)
     (partial / "cohort.npy").unlink()
@@ -290,6 +292,10 @@ def test_deploy_model_swaps_and_keeps_the_previous(tmp_path: Path, bundle: Path)
     proc = run(deploy, str(new), "--root", str(root), "--no-restart")
     assert proc.returncode == 0 and "already deployed" not in proc.stdout
     assert (model / "model.tflite").read_bytes() == b"TFL3 new-model"
+    # A repair is not a new model: model.previous stays the model to roll back to.
+    assert "repairing the installed copy" in proc.stdout
+    assert (root / "var/lib/prodrec/model.previous/model.tflite").read_bytes() == b"TFL3 fake"
+    assert not (root / "var/lib/prodrec/model.damaged").exists()
 
     # A .tflite that does not match its model.json is refused; nothing changes.
     broken = _real_bundle(tmp_path / "broken")
@@ -337,7 +343,7 @@ def test_web_password_file_sets_the_password_through_the_installed_command(
     assert proc.stdout.index("systemctl enable") < proc.stdout.index(lines[0])
 
 
-@pytest.mark.parametrize("content", [None, "\nsecond\n"])
+@pytest.mark.parametrize("content", [None, "\nsecond\n", "short\r\n"])
 def test_bad_web_password_file_installs_nothing(
     tmp_path: Path, bundle: Path, content: str | None
 ) -> None:
@@ -348,5 +354,5 @@ def test_bad_web_password_file_installs_nothing(
     proc = run(INSTALL, "--root", str(root), "--model", str(bundle),
                "--web-password-file", str(secret))  # fmt: skip
     assert proc.returncode != 0
-    assert ("cannot be read" if content is None else "is empty") in proc.stderr
+    assert ("cannot be read" if content is None else "needs 8 at least") in proc.stderr
     assert not (root / "opt").exists()
