@@ -28,6 +28,9 @@
 # emulated): run it under `nice`, one release at a time (it does). Exit 0 when every release
 # passed; the last lines say which passed. Logs: CACHE/logs/RELEASE-TIME.log.
 set -euo pipefail
+# The whole script is one block, read before it runs: bash reads a script as it goes, and an edit
+# of this file during a (long) run would otherwise run a mix of the two versions.
+{
 
 SRC=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 CACHE=/var/cache/prodrec-pi-check
@@ -234,3 +237,5 @@ for release in "${RELEASES[@]}"; do
 done
 echo "pi-check at commit $COMMIT: passed: ${passed[*]:-none}; failed: ${failed[*]:-none}"
 [ ${#failed[@]} -eq 0 ]
+exit
+}
