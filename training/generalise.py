@@ -1,8 +1,8 @@
 """`python -m training generalise`: an extractor that keeps ImageNet's generality -> a RUN_DIR.
 
 A fine-tuned extractor's projection head (dense -> BN, 128-d) specialises the embedding to the
-training catalogue: on product domains outside it (coil-dev, grozi-dev) it loses to plain ImageNet
-features (docs/BENCHMARKS.md, "Product domains"). This command builds, from a `training fit` run,
+training catalogue: on product domains outside it (the evaluation-only sets of bench/domains.py) it
+loses to plain ImageNet features (docs/BENCHMARKS.md, "Product domains"). This command builds, from a `training fit` run,
 an extractor that drops the head and keeps the backbone's pooled features, with the backbone's
 weights interpolated between ImageNet's and the fine-tuned ones (WiSE-FT, Wortsman et al., 2022):
 
