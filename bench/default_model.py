@@ -1,7 +1,7 @@
 """Rebuild `models/default` (the shipped model) in one command, from the Grocery Store Dataset only.
 
     KERAS_HOME=../shared/keras python bench/default_model.py --data ../shared/data/grocery \\
-        --out runs/default [--seed 0] [--install]
+        --out runs/default [--seed 0] [--distill W] [--l2sp A] [--install]
 
 Steps (each skipped when its output exists, so an interrupted run resumes):
 1. OUT/data/{train,val}/<class>/: links to the images of the protocol's `train_classes` only
@@ -9,6 +9,7 @@ Steps (each skipped when its output exists, so an interrupted run resumes):
    for int8 calibration and the bundle's domain mean and cohort.
 2. `python -m training fit OUT/data --head softmax --input-size 224 --epochs 12 --seed S`
    (MobileNetV2 from ImageNet weights; 3 epochs frozen, then the top 25 % and 50 % unfrozen).
+   `--distill W` / `--l2sp A` pass `fit --distill W` / `--l2sp A` (measured, not the shipped recipe: docs/BENCHMARKS.md).
 3. `python -m training generalise OUT/fit --wise 1.0`: the fine-tuned backbone's pooled 1280-d
    features, without the projection head (the head is what specialises the embedding to the
    training catalogue: docs/BENCHMARKS.md, "Product domains").
@@ -59,6 +60,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data" / "grocery")
     p.add_argument("--out", type=Path, default=ROOT / "runs" / "default")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--distill",
+        type=float,
+        default=0.0,
+        help="fit --distill weight (feature distillation towards ImageNet's backbone; 0 = off)",
+    )
+    p.add_argument(
+        "--l2sp",
+        type=float,
+        default=0.0,
+        help="fit --l2sp strength (decay towards ImageNet's weights; 0 = off)",
+    )
     p.add_argument("--install", action="store_true", help="copy the bundle to models/default")
     args = p.parse_args(argv)
     out = args.out.resolve()
@@ -72,6 +85,7 @@ def main(argv: list[str] | None = None) -> int:
     if not (fit_dir / "extractor.keras").is_file():
         run([py, "-m", "training", "fit", str(out / "data"), "--out", str(fit_dir), "--head",
              "softmax", "--input-size", "224", "--epochs", "12", "--seed", str(args.seed),
+             "--distill", str(args.distill), "--l2sp", str(args.l2sp),
              "--overwrite"])  # fmt: skip
     if not (pooled / "extractor.keras").is_file():
         run([py, "-m", "training", "generalise", str(fit_dir), "--wise", "1.0", "--out",

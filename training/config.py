@@ -161,6 +161,17 @@ class FitConfig:
     aug_erase: float = _opt(
         0.0, "probability of painting one random rectangle over an image (occlusion; 0 = off)"
     )
+    distill: float = _opt(
+        0.0,
+        "weight of feature distillation: pulls the pooled backbone features towards those of a "
+        "frozen copy of the starting (pretrained) backbone, to keep its generality (0 = off; "
+        "training/distill.py)",
+    )
+    l2sp: float = _opt(
+        0.0,
+        "L2-SP strength: weight decay of the backbone towards its starting (pretrained) weights, "
+        "strength * sum((w - w_start)^2) (0 = off; training/l2sp.py)",
+    )
     early_stopping_patience: int = _opt(
         3, "early stopping patience (epochs, per stage)", flag="--patience"
     )
@@ -281,6 +292,18 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(f"--aug-colour must be in [0, 1), got {cfg.aug_colour}")
     if not 0.0 <= cfg.aug_erase <= 1.0:
         raise ValueError(f"--aug-erase is a probability in [0, 1], got {cfg.aug_erase}")
+    # Both pull towards the starting backbone: there must be one worth keeping.
+    for flag, value, high, what in (
+        ("--distill", cfg.distill, 1000.0, "pulls the features towards the starting backbone's"),
+        ("--l2sp", cfg.l2sp, 100.0, "decays the backbone towards its starting weights"),
+    ):
+        if not 0.0 <= value <= high:
+            raise ValueError(f"{flag} is a weight in [0, {high:g}], got {value}")
+        if value > 0 and not is_pretrained(cfg.weights):
+            raise ValueError(
+                f"{flag} {what}: it needs pretrained --weights (imagenet, a .h5 file or a run), "
+                "not none"
+            )
     if cfg.decode_scale < 1.0:
         raise ValueError(f"decode scale must be >= 1, got {cfg.decode_scale}")
     if cfg.classes is not None and len(cfg.classes) < 2:

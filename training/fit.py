@@ -221,6 +221,19 @@ def _fit(
             dropout=config.dropout,
         )
         model = build_training_model(extractor, config.head, n_cls)
+        # What is compiled and trained: `model` itself, or with --distill a model sharing its
+        # layers plus a frozen copy of the starting backbone (only `model` is saved).
+        trainer = model
+        if config.distill > 0:
+            from .distill import build_distill_trainer
+
+            trainer = build_distill_trainer(model, extractor, config.distill)
+        l2sp_values = 0
+        if config.l2sp > 0:
+            from .l2sp import attach_l2sp
+
+            l2sp_values = attach_l2sp(extractor, config.l2sp)
+            logger.info("L2-SP: %d backbone values anchored at their starting weights", l2sp_values)
 
     run_dir.mkdir(parents=True, exist_ok=True)
     keeper = _BestWeights(monitor)  # one across stages: the best epoch of the whole run wins
@@ -233,7 +246,7 @@ def _fit(
     for i, (fraction, n_epochs, lr) in enumerate(plan):
         n_trainable = set_backbone_trainable(extractor, fraction, freeze_bn=pretrained)
         with strategy.scope():
-            model.compile(
+            trainer.compile(
                 optimizer=keras.optimizers.Adam(learning_rate=lr * replicas),
                 loss=make_loss(
                     config.head,
@@ -271,8 +284,8 @@ def _fit(
             _Recorder(history, stage=i, unfrozen=fraction),
         ]
         try:
-            with multiworker_fit(model, strategy) if multi else nullcontext():
-                h = model.fit(
+            with multiworker_fit(trainer, strategy) if multi else nullcontext():
+                h = trainer.fit(
                     train_ds,
                     validation_data=val_ds,
                     epochs=epoch + n_epochs,
@@ -303,11 +316,15 @@ def _fit(
 
     best_epoch = keeper.best_epoch
     if keeper.weights is not None:
-        model.set_weights(keeper.weights)
+        trainer.set_weights(keeper.weights)
         logger.info(
             "restored the best weights: epoch %s, %s %.4f", best_epoch, monitor, keeper.best
         )
     best = keeper.best
+    if config.l2sp > 0:
+        from .l2sp import detach_l2sp
+
+        detach_l2sp(extractor)  # the run's extractor carries no anchors
     bn_recalibration = None
     if not pretrained:
         bn_recalibration = _recalibrate_batchnorm(extractor, train_arr.images, size, global_batch)
@@ -326,6 +343,7 @@ def _fit(
             "best_" + monitor: best,
             "time_s": round(time.monotonic() - t_start, 1),
             "bn_recalibration": bn_recalibration,
+            "l2sp_anchored_values": l2sp_values,
             "extractor_weights_sha256": fingerprint,
             "workers": cluster.num_workers if cluster is not None else 1,
             "tensorflow": tf.__version__,

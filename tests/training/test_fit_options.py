@@ -4,6 +4,8 @@ from __future__ import annotations
 
 from dataclasses import fields
 
+import pytest
+
 from training.cli import build_parser, config_from_args
 from training.config import FitConfig
 
@@ -39,6 +41,12 @@ def test_every_option_reaches_its_field() -> None:
         "lr_factor",
         "decode_scale",
     }
+
+
+def test_distill_reaches_its_field_and_needs_pretrained_weights() -> None:
+    assert parse("--distill", "0.5").distill == 0.5
+    with pytest.raises(ValueError, match="pretrained"):
+        parse("--distill", "0.5", "--weights", "none")
 
 
 def test_unfreeze_default_follows_the_weights() -> None:
