@@ -192,6 +192,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--sets", default=",".join(SETS))
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
     p.add_argument("--row", action="store_true", help="append the tables to docs/BENCHMARKS.md")
+    p.add_argument(
+        "--plot",
+        type=Path,
+        help="also draw each model's P@1 and AUROC, one set against another (--plot-sets), to PNG",
+    )
+    p.add_argument(
+        "--plot-sets",
+        default="grocery,grozi-dev",
+        help="the two sets of --plot's axes (x,y): where the models trade one for the other",
+    )
     args = p.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
     runs = [(b, False) for b in args.bundles]
@@ -206,6 +216,7 @@ def main(argv: list[str] | None = None) -> int:
         f"at FA <= {100 * HINDSIGHT_FAR:.0f}% (threshold) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
+    points: dict[str, dict[str, dict[str, float]]] = {}  # short label -> set -> results
     for bundle, plain in runs:
         meta = read_bundle_meta(bundle)
         policy = MatchingPolicy.from_bundle(bundle, meta)
@@ -216,6 +227,8 @@ def main(argv: list[str] | None = None) -> int:
         for name in sets:
             enroll, query = embed_set(bundle, args.data, name, args.cache)
             r = evaluate_all(policy, enroll, query)
+            short = f"{bundle.name if bundle.name != 'bundle' else bundle.parent.name}"
+            points.setdefault(short + (" (reference)" if plain else ""), {})[name] = r
             subs = []
             n_products = len(set(enroll.labels))
             for n in SUBSETS:
@@ -238,7 +251,55 @@ def main(argv: list[str] | None = None) -> int:
     if args.row:
         with BENCHMARKS_MD.open("a", encoding="utf-8") as fh:
             fh.write("\n" + text)
+    if args.plot:
+        x_set, y_set = args.plot_sets.split(",")
+        title = lines[0].split(": `")[0]  # "Run of <time> UTC, commit <commit>"
+        plot_trade(points, x_set, y_set, args.plot, title=f"bench/domains.py: {title}")
+        print(f"plot: {args.plot}")
     return 0
+
+
+# The issue's targets (P@1, AUROC) per set, drawn as dashed lines on --plot.
+TARGETS = {"grocery": (0.90, 0.92), "coil-dev": (0.995, 0.98), "grozi-dev": (0.96, 0.96)}
+
+
+def plot_trade(
+    points: dict[str, dict[str, dict[str, float]]],
+    x_set: str,
+    y_set: str,
+    out: Path,
+    *,
+    title: str,
+) -> None:
+    """Two panels (P@1, AUROC): each model a labelled point, x on one set, y on another."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, axes = plt.subplots(1, 2, figsize=(13, 6))
+    for ax, (key, name, k) in zip(
+        axes, (("p_at_1", "P@1", 0), ("auroc", "AUROC (leave-class-out)", 1)), strict=True
+    ):
+        for label, by_set in points.items():
+            if x_set not in by_set or y_set not in by_set:
+                continue
+            x, y = by_set[x_set][key], by_set[y_set][key]
+            ref = label.endswith("(reference)")
+            ax.scatter([x], [y], marker="s" if ref else "o", s=40, color="grey" if ref else None)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+        for s, line in ((x_set, ax.axvline), (y_set, ax.axhline)):
+            if s in TARGETS:
+                line(TARGETS[s][k], linestyle="--", color="green", linewidth=0.8)
+        ax.set_xlabel(f"{x_set} {name}")
+        ax.set_ylabel(f"{y_set} {name}")
+        ax.set_title(f"{name} (dashed: the targets; up and right is better)", fontsize=10)
+        ax.grid(alpha=0.3)
+    fig.suptitle(title)
+    fig.tight_layout()
+    out.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(out, dpi=110)
+    plt.close(fig)
 
 
 if __name__ == "__main__":
