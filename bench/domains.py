@@ -2,7 +2,7 @@
 
     python bench/domains.py BUNDLE [BUNDLE ...] [--reference REF_BUNDLE]
         [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] [--cache runs/domain-cache]
-        [--row]
+        [--row] [--plot FILE.png [--plot-sets grocery,grozi-dev]]
 
 For each bundle and each set (a `protocol.json` in the `training evaluate --protocol` format) the
 images are embedded with `device.embedder.Embedder` (the int8 model, the device's preprocessing),
@@ -24,7 +24,8 @@ would use it (raw cosines, its calibrated threshold; pass it among the BUNDLEs t
 the device's adaptation) (made by `python -m training
 generalise imagenet` + `python -m convert`, see docs/BENCHMARKS.md). Embeddings are cached per
 model id and set in --cache. Prints markdown tables; `--row` appends them to docs/BENCHMARKS.md
-with the command and commit.
+with the command and commit; `--plot` draws each model's P@1 and AUROC on one set against
+another (where models trade one domain for the other).
 
 coil-dev and grozi-dev are evaluation data only: nothing here trains, calibrates or selects on them.
 """
@@ -204,6 +205,14 @@ def main(argv: list[str] | None = None) -> int:
     )
     args = p.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
+    plot_sets = args.plot_sets.split(",")
+    if args.plot:
+        if len(plot_sets) != 2 or not set(plot_sets) <= set(sets):
+            p.error(f"--plot-sets takes two of --sets ({','.join(sets)}), e.g. grocery,grozi-dev")
+        try:
+            import matplotlib  # noqa: F401
+        except ImportError:
+            p.error("--plot needs matplotlib: pip install -r requirements-train.txt")
     runs = [(b, False) for b in args.bundles]
     if args.reference:
         runs.insert(0, (args.reference, True))
@@ -216,7 +225,8 @@ def main(argv: list[str] | None = None) -> int:
         f"at FA <= {100 * HINDSIGHT_FAR:.0f}% (threshold) |",
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    points: dict[str, dict[str, dict[str, float]]] = {}  # short label -> set -> results
+    points: dict[str, dict[str, dict[str, float]]] = {}  # plot label -> set -> results
+    plot_labels = short_labels(runs)
     for bundle, plain in runs:
         meta = read_bundle_meta(bundle)
         policy = MatchingPolicy.from_bundle(bundle, meta)
@@ -227,8 +237,7 @@ def main(argv: list[str] | None = None) -> int:
         for name in sets:
             enroll, query = embed_set(bundle, args.data, name, args.cache)
             r = evaluate_all(policy, enroll, query)
-            short = f"{bundle.name if bundle.name != 'bundle' else bundle.parent.name}"
-            points.setdefault(short + (" (reference)" if plain else ""), {})[name] = r
+            points.setdefault(plot_labels[(bundle, plain)], {})[name] = r
             subs = []
             n_products = len(set(enroll.labels))
             for n in SUBSETS:
@@ -252,11 +261,25 @@ def main(argv: list[str] | None = None) -> int:
         with BENCHMARKS_MD.open("a", encoding="utf-8") as fh:
             fh.write("\n" + text)
     if args.plot:
-        x_set, y_set = args.plot_sets.split(",")
+        x_set, y_set = plot_sets
         title = lines[0].split(": `")[0]  # "Run of <time> UTC, commit <commit>"
         plot_trade(points, x_set, y_set, args.plot, title=f"bench/domains.py: {title}")
         print(f"plot: {args.plot}")
     return 0
+
+
+def short_labels(runs: list[tuple[Path, bool]]) -> dict[tuple[Path, bool], str]:
+    """A short, unique label per (bundle, is reference): its folder name (the run's, for
+    RUN/bundle), numbered when two runs share one."""
+    labels: dict[tuple[Path, bool], str] = {}
+    for bundle, plain in runs:
+        short = bundle.parent.name if bundle.name == "bundle" else bundle.name
+        short += " (reference)" if plain else ""
+        label, n = short, 2
+        while label in labels.values():
+            label, n = f"{short} #{n}", n + 1
+        labels[(bundle, plain)] = label
+    return labels
 
 
 # The issue's targets (P@1, AUROC) per set, drawn as dashed lines on --plot.

@@ -304,6 +304,11 @@ def validate(cfg: FitConfig) -> None:
                 f"{flag} {what}: it needs pretrained --weights (imagenet, a .h5 file or a run), "
                 "not none"
             )
+        if value > 0 and not any(frac > 0 for frac, _, _ in stage_plan(cfg)):
+            raise ValueError(
+                f"{flag} {what}, but no stage unfreezes the backbone: give --unfreeze and more "
+                "--epochs than --frozen-epochs"
+            )
     if cfg.decode_scale < 1.0:
         raise ValueError(f"decode scale must be >= 1, got {cfg.decode_scale}")
     if cfg.classes is not None and len(cfg.classes) < 2:

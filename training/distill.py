@@ -1,8 +1,8 @@
 """Feature distillation towards the starting backbone while fine-tuning (`fit --distill W`).
 
 Fine-tuning on a small catalogue moves the backbone's pooled features far from where they started
-(the shipped recipe's end at a mean cosine of about 0.53 to ImageNet's on the grocery training
-images), and with them the generality a shop's unseen products need. `--distill W` adds to the
+(docs/BENCHMARKS.md, "Product domains", measures how far), and with them the generality a shop's
+unseen products need. `--distill W` adds to the
 head's loss
 
     W * mean over the batch of || s/|s| - t/|t| ||^2          (= W * mean(2 - 2 cos(s, t)))
@@ -11,6 +11,10 @@ where s is the pooled backbone feature being trained and t the same image's pool
 frozen copy of the backbone as it was before training (ImageNet's, with `--weights imagenet`): a
 pull towards the starting features, learning-without-forgetting at the feature level. The frozen
 copy lives only in the training graph: the extractor written to the run is unchanged in shape.
+
+The term is part of `loss` and `val_loss` (so of the best-epoch choice: the objective trained is
+the one monitored); the distance alone is logged as `distill_distance` / `val_distill_distance`
+(history.csv), to see how far the features moved.
 """
 
 from __future__ import annotations
@@ -19,10 +23,9 @@ from typing import Any
 
 import keras
 
-from .model import get_backbone
+from .model import POOL_NAME, SCALING_NAME, get_backbone
 
 TEACHER_NAME = "distill_teacher"
-POOL_LAYER = "pool"
 
 
 def unit_sq_distance(student: Any, teacher: Any, epsilon: float = 1e-12) -> Any:
@@ -44,11 +47,14 @@ class FeatureDistillation(keras.layers.Layer):
         if not weight > 0:
             raise ValueError(f"--distill weight must be > 0, got {weight}")
         self.weight = float(weight)
+        # A layer's metrics reach fit's logs (and history.csv) beside the loss.
+        self.distance = keras.metrics.Mean(name="distill_distance")
 
     def call(self, inputs: Any) -> Any:
         logits, student, teacher = inputs
-        teacher = keras.ops.stop_gradient(teacher)
-        self.add_loss(self.weight * keras.ops.mean(unit_sq_distance(student, teacher)))
+        distance = keras.ops.mean(unit_sq_distance(student, keras.ops.stop_gradient(teacher)))
+        self.distance.update_state(distance)
+        self.add_loss(self.weight * distance)
         return logits
 
     def compute_output_shape(self, input_shapes: Any) -> Any:
@@ -73,17 +79,22 @@ def build_distill_trainer(model: keras.Model, extractor: keras.Model, weight: fl
     training it trains them) plus the frozen teacher and the distillation term. Call it before any
     training: the teacher copies the backbone's weights as they are now."""
     teacher = frozen_teacher(extractor)
+    # The teacher sees the student's own scaled input, so the two never disagree on it.
     taps = keras.Model(
         extractor.inputs,
-        [extractor.outputs[0], extractor.get_layer(POOL_LAYER).output],
+        [
+            extractor.outputs[0],
+            extractor.get_layer(POOL_NAME).output,
+            extractor.get_layer(SCALING_NAME).output,
+        ],
         name="extractor_taps",
     )
     inputs = keras.Input(shape=extractor.input_shape[1:], dtype="float32", name="image")
-    emb, pooled = taps(inputs)
-    head = model.layers[-1]
-    scaled = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="teacher_scaling")(inputs)
-    # Inference mode, as the student's pretrained backbone runs (frozen BN statistics).
-    t = teacher(scaled, training=False)
+    emb, pooled, scaled = taps(inputs)
+    head = model.get_layer("head")  # every head's layer has this name (training/heads/)
+    # The teacher's BN layers use their moving (ImageNet) statistics because the teacher is not
+    # trainable: in Keras 3 an outer training=True would override training=False written here.
+    t = teacher(scaled)
     t = keras.layers.GlobalAveragePooling2D(name="teacher_pool")(t)
     out = FeatureDistillation(weight, name="feature_distillation")([head(emb), pooled, t])
     return keras.Model(inputs, out, name=f"{model.name}_distill")

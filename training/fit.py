@@ -54,6 +54,8 @@ HISTORY_COLUMNS = (
     "accuracy",
     "val_loss",
     "val_accuracy",
+    "distill_distance",  # with --distill (training/distill.py)
+    "val_distill_distance",
     "time_s",
 )
 

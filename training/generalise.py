@@ -62,7 +62,14 @@ def build_pooled_extractor(
     """(extractor, facts for config.json). `source` is a RUN_DIR or "imagenet"."""
     import keras
 
-    from .model import L2Normalize, build_extractor, get_backbone, load_extractor
+    from .model import (
+        POOL_NAME,
+        SCALING_NAME,
+        L2Normalize,
+        build_extractor,
+        get_backbone,
+        load_extractor,
+    )
 
     if str(source) == "imagenet":
         size = input_size or 224
@@ -87,9 +94,9 @@ def build_pooled_extractor(
     if tuned is not None:
         backbone.set_weights(interpolate(backbone.get_weights(), tuned, alpha))
     inputs = keras.Input(shape=(size, size, 3), dtype="float32", name="image")
-    x = base.get_layer("mobilenet_scaling")(inputs)
+    x = base.get_layer(SCALING_NAME)(inputs)
     x = backbone(x, training=False)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     outputs = L2Normalize(name="l2_normalize")(x)
     model = keras.Model(inputs, outputs, name="extractor")
     facts = {

@@ -32,6 +32,8 @@ log = logging.getLogger(__name__)
 
 EXTRACTOR_NAME = "extractor"
 BACKBONE_NAME = "backbone"
+POOL_NAME = "pool"  # the pooled backbone features (`training generalise` keeps them)
+SCALING_NAME = "mobilenet_scaling"  # x/127.5 - 1, the backbone's input
 N_BACKBONE_UNITS = 19  # stem, expanded_conv, block_1..block_16, final Conv_1
 
 
@@ -140,10 +142,10 @@ def build_extractor(
         raise
     pretrained = is_pretrained(weights)
     inputs = keras.Input(shape=shape, dtype="float32", name="image")
-    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name="mobilenet_scaling")(inputs)
+    x = keras.layers.Rescaling(1.0 / 127.5, offset=-1.0, name=SCALING_NAME)(inputs)
     # Pretrained: BN in inference mode so ImageNet statistics survive fine-tuning on small data.
     x = backbone(x, training=False) if pretrained else backbone(x)
-    x = keras.layers.GlobalAveragePooling2D(name="pool")(x)
+    x = keras.layers.GlobalAveragePooling2D(name=POOL_NAME)(x)
     x = keras.layers.Dropout(dropout, name="dropout")(x)
     x = keras.layers.Dense(embedding_dim, use_bias=False, name="embedding")(x)
     x = keras.layers.BatchNormalization(name="embedding_bn")(x)

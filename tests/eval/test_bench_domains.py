@@ -3,16 +3,22 @@ embedding cache and the --plot figure (the shipped bundle; no TensorFlow needed)
 
 from __future__ import annotations
 
+import importlib.util
 import json
-import sys
 from pathlib import Path
+from types import ModuleType
 
 import pytest
 
 ROOT = Path(__file__).resolve().parents[2]
-sys.path.insert(0, str(ROOT / "bench"))
 
-import domains  # noqa: E402
+
+def load_domains() -> ModuleType:
+    spec = importlib.util.spec_from_file_location("bench_domains", ROOT / "bench" / "domains.py")
+    assert spec is not None and spec.loader is not None
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
 
 
 def make_set(fixture_dir: Path, root: Path) -> Path:
@@ -40,8 +46,13 @@ def make_set(fixture_dir: Path, root: Path) -> Path:
 
 
 def test_table_cache_and_plot(
-    default_bundle_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+    default_bundle_dir: Path,
+    fixture_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+    monkeypatch: pytest.MonkeyPatch,
 ) -> None:
+    domains = load_domains()
     data = make_set(fixture_dir, tmp_path / "data")
     cache, plot = tmp_path / "cache", tmp_path / "trade.png"
     argv = [str(default_bundle_dir), "--reference", str(default_bundle_dir), "--data", str(data),
@@ -56,7 +67,22 @@ def test_table_cache_and_plot(
     assert "reference" in rows[0] and "reference" not in rows[1]
     assert len(list(cache.glob("*-fix.npz"))) == 1  # one model id, one set
     assert plot.is_file() and plot.stat().st_size > 10_000
-    # From the cache, the same figures.
+
+    # From the cache, the same figures, without embedding anything again.
+    def no_embedder(*args: object, **kwargs: object) -> None:
+        raise AssertionError("embedded again despite the cache")
+
+    monkeypatch.setattr(domains, "Embedder", no_embedder)
     assert domains.main(argv) == 0
     again = [line for line in capsys.readouterr().out.splitlines() if "| fix |" in line]
     assert [r.split(" | ")[2:] for r in again] == [r.split(" | ")[2:] for r in rows]
+
+
+def test_plot_sets_and_labels_are_checked() -> None:
+    domains = load_domains()
+    with pytest.raises(SystemExit):
+        domains.main(["b", "--sets", "grocery", "--plot", "x.png", "--plot-sets", "grocery,coil"])
+    labels = domains.short_labels(
+        [(Path("runs/a/bundle"), True), (Path("runs/a/bundle"), False), (Path("models/a"), False)]
+    )
+    assert list(labels.values()) == ["a (reference)", "a", "a #2"]

@@ -60,6 +60,10 @@ def test_bad_weights_are_refused_with_what_to_do() -> None:
         FitConfig(distill=1.0, weights=None)
     with pytest.raises(ValueError, match="> 0"):
         FeatureDistillation(0.0)
+    with pytest.raises(ValueError, match="--unfreeze"):
+        FitConfig(distill=1.0, unfreeze=())
+    with pytest.raises(ValueError, match="--frozen-epochs"):
+        FitConfig(distill=1.0, epochs=3, frozen_epochs=3)
 
 
 def test_a_training_step_moves_the_student_and_not_the_teacher() -> None:
@@ -98,10 +102,11 @@ def mean_cosine(a: np.ndarray, b: np.ndarray) -> float:
 
 
 def test_distill_keeps_the_features_nearer_the_starting_backbone(
-    tiny_run_dir: Path, fixture_dir: Path, tmp_path: Path
+    tiny_run_dir: Path, fixture_dir: Path, plain_start_fit: Path, tmp_path: Path
 ) -> None:
     """Two literal fits from the same trained run, same seed, a high fine-tuning rate so the
-    backbone moves: with --distill the pooled features end nearer the starting ones."""
+    backbone moves (the plain one shared with the L2-SP test): with --distill the pooled features
+    end nearer the starting ones."""
     from training.data import decode_items, scan_dataset
     from training.fit import fit
     from training.model import load_extractor
@@ -110,17 +115,21 @@ def test_distill_keeps_the_features_nearer_the_starting_backbone(
     images = decode_items(dataset.train, 96, what="decoding", progress=False)[0].images
     x = images.astype(np.float32)
     start = pooled_features(load_extractor(tiny_run_dir), x)
-    base = start_config(tiny_run_dir)
-    cos = {}
-    for weight in (0.0, 200.0):
-        run = tmp_path / f"run-{weight}"
-        result = fit(fixture_dir / "train", run, base.with_(distill=weight), progress=False)
-        assert result.config["training"]["distill"] == weight
-        saved = load_extractor(run)
-        # Only the student is written: the run's extractor has the plain extractor's layers.
-        assert [layer.name for layer in saved.layers] == [
-            layer.name for layer in load_extractor(tiny_run_dir).layers
-        ]
-        cos[weight] = mean_cosine(pooled_features(saved, x), start)
+    run = tmp_path / "run"
+    result = fit(
+        fixture_dir / "train", run, start_config(tiny_run_dir).with_(distill=200.0), progress=False
+    )
+    assert result.config["training"]["distill"] == 200.0
+    # Neither the teacher nor the distillation layer is written: model.keras is the plain
+    # extractor + head; the log has the distance beside the loss.
+    trained = keras.saving.load_model(run / "model.keras", compile=False)
+    names = {layer.name for layer in trained.layers}
+    assert not names & {"distill_teacher", "feature_distillation"}, names
+    assert all(row.get("distill_distance", -1.0) >= 0.0 for row in result.history)
+    cos = {
+        weight: mean_cosine(pooled_features(load_extractor(r), x), start)
+        for weight, r in ((0.0, plain_start_fit), (200.0, run))
+    }
     assert cos[0.0] < 0.999, f"the backbone hardly moved without --distill ({cos}): no test"
-    assert cos[200.0] > cos[0.0], cos
+    # Measured 0.83 against 0.59 (runs differ by a few hundredths from one to the next).
+    assert cos[200.0] > cos[0.0] + 0.1, cos

@@ -43,8 +43,11 @@ def test_every_option_reaches_its_field() -> None:
     }
 
 
-def test_distill_reaches_its_field_and_needs_pretrained_weights() -> None:
-    assert parse("--distill", "0.5").distill == 0.5
+def test_distill_and_l2sp_reach_their_fields_and_need_pretrained_weights() -> None:
+    cfg = parse("--distill", "0.5", "--l2sp", "0.05")
+    assert (cfg.distill, cfg.l2sp) == (0.5, 0.05)
+    with pytest.raises(ValueError, match="pretrained"):
+        parse("--l2sp", "0.05", "--weights", "none")
     with pytest.raises(ValueError, match="pretrained"):
         parse("--distill", "0.5", "--weights", "none")
 

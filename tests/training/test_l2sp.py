@@ -30,7 +30,7 @@ def test_penalty_matches_naive_numpy_and_is_zero_at_the_anchor() -> None:
     assert float(reg(w)) == pytest.approx(naive_penalty(w, anchor, 0.05), rel=1e-5)
     assert float(reg(anchor)) == 0.0
     anchor[0, 0, 0, 0] += 1.0  # the regulariser keeps its own copy of the anchor
-    assert float(reg(reg.anchor)) == 0.0
+    assert float(reg(anchor)) == pytest.approx(0.05, rel=1e-5)
 
 
 def test_bad_strengths_are_refused_with_what_to_do() -> None:
@@ -74,21 +74,23 @@ def backbone_drift(a: keras.Model, b: keras.Model) -> float:
 
 
 def test_l2sp_keeps_the_backbone_nearer_its_starting_weights(
-    tiny_run_dir: Path, fixture_dir: Path, tmp_path: Path
+    tiny_run_dir: Path, fixture_dir: Path, plain_start_fit: Path, tmp_path: Path
 ) -> None:
     from training.fit import fit
     from training.model import load_extractor
 
     start = load_extractor(tiny_run_dir)
-    base = start_config(tiny_run_dir)
-    drift = {}
-    for strength in (0.0, 1.0):
-        run = tmp_path / f"run-{strength}"
-        result = fit(fixture_dir / "train", run, base.with_(l2sp=strength), progress=False)
-        assert result.config["training"]["l2sp"] == strength
-        assert (result.config["training"]["l2sp_anchored_values"] > 0) == (strength > 0)
-        saved = load_extractor(run)
-        assert saved.losses == []  # no anchor travels with the run
-        drift[strength] = backbone_drift(saved, start)
+    run = tmp_path / "run"
+    result = fit(
+        fixture_dir / "train", run, start_config(tiny_run_dir).with_(l2sp=1.0), progress=False
+    )
+    assert result.config["training"]["l2sp"] == 1.0
+    assert result.config["training"]["l2sp_anchored_values"] > 0
+    assert result.extractor.losses == []  # detached: no anchor travels with the extractor
+    drift = {
+        strength: backbone_drift(load_extractor(r), start)
+        for strength, r in ((0.0, plain_start_fit), (1.0, run))
+    }
     assert drift[0.0] > 1e-3, f"the backbone hardly moved without --l2sp ({drift}): no test"
-    assert drift[1.0] < drift[0.0], drift
+    # Measured 12.7 against 29.9 (runs differ by a few % from one to the next).
+    assert drift[1.0] < 0.7 * drift[0.0], drift
