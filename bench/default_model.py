@@ -1,7 +1,7 @@
 """Rebuild `models/default` (the shipped model) in one command, from the Grocery Store Dataset only.
 
     KERAS_HOME=../shared/keras python bench/default_model.py --data ../shared/data/grocery \\
-        --out runs/default [--seed 0] [--distill W] [--l2sp A] [--install]
+        --out runs/default [--seed 0] [--distill W] [--l2sp A] [--fit-arg=...] [--install]
 
 Steps (each skipped when its output exists, so an interrupted run resumes):
 1. OUT/data/{train,val}/<class>/: links to the images of the protocol's `train_classes` only
@@ -72,6 +72,12 @@ def main(argv: list[str] | None = None) -> int:
         default=0.0,
         help="fit --l2sp strength (decay towards ImageNet's weights; 0 = off)",
     )
+    p.add_argument(
+        "--fit-arg",
+        action="append",
+        default=[],
+        help="extra argument passed to `training fit` (repeatable, e.g. --fit-arg=--unfreeze=0.25)",
+    )
     p.add_argument("--install", action="store_true", help="copy the bundle to models/default")
     args = p.parse_args(argv)
     out = args.out.resolve()
@@ -86,7 +92,7 @@ def main(argv: list[str] | None = None) -> int:
         run([py, "-m", "training", "fit", str(out / "data"), "--out", str(fit_dir), "--head",
              "softmax", "--input-size", "224", "--epochs", "12", "--seed", str(args.seed),
              "--distill", str(args.distill), "--l2sp", str(args.l2sp),
-             "--overwrite"])  # fmt: skip
+             "--overwrite", *args.fit_arg])  # fmt: skip
     if not (pooled / "extractor.keras").is_file():
         run([py, "-m", "training", "generalise", str(fit_dir), "--wise", "1.0", "--out",
              str(pooled)])  # fmt: skip
