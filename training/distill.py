@@ -2,8 +2,7 @@
 
 Fine-tuning on a small catalogue moves the backbone's pooled features far from where they started
 (docs/BENCHMARKS.md, "Product domains", measures how far), and with them the generality a shop's
-unseen products need. `--distill W` adds to the
-head's loss
+unseen products need. `--distill W` adds to the head's loss
 
     W * mean over the batch of || s/|s| - t/|t| ||^2          (= W * mean(2 - 2 cos(s, t)))
 
@@ -23,19 +22,15 @@ from typing import Any
 
 import keras
 
-from .model import POOL_NAME, SCALING_NAME, get_backbone
+from .model import POOL_NAME, SCALING_NAME, get_backbone, l2_normalize
 
 TEACHER_NAME = "distill_teacher"
 
 
 def unit_sq_distance(student: Any, teacher: Any, epsilon: float = 1e-12) -> Any:
     """Per-row || s/|s| - t/|t| ||^2 (keras ops: runs in the training graph)."""
-    ops = keras.ops
-
-    def unit(x: Any) -> Any:
-        return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), epsilon))
-
-    return ops.sum(ops.square(unit(student) - unit(teacher)), axis=-1)
+    diff = l2_normalize(student, epsilon) - l2_normalize(teacher, epsilon)
+    return keras.ops.sum(keras.ops.square(diff), axis=-1)
 
 
 class FeatureDistillation(keras.layers.Layer):

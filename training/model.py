@@ -37,6 +37,12 @@ SCALING_NAME = "mobilenet_scaling"  # x/127.5 - 1, the backbone's input
 N_BACKBONE_UNITS = 19  # stem, expanded_conv, block_1..block_16, final Conv_1
 
 
+def l2_normalize(x: Any, epsilon: float) -> Any:
+    """x / max(||x||, sqrt(epsilon)) along the last axis, in keras ops (runs inside a graph)."""
+    ops = keras.ops
+    return x * ops.rsqrt(ops.maximum(ops.sum(ops.square(x), axis=-1, keepdims=True), epsilon))
+
+
 @keras.saving.register_keras_serializable(package="prodrec")
 class L2Normalize(keras.layers.Layer):
     """x / max(||x||, eps) along the last axis (plain ops: converts to TFLite, reloads by name)."""
@@ -46,9 +52,7 @@ class L2Normalize(keras.layers.Layer):
         self.epsilon = float(epsilon)
 
     def call(self, inputs: Any) -> Any:
-        ops = keras.ops
-        sq = ops.sum(ops.square(inputs), axis=-1, keepdims=True)
-        return inputs * ops.rsqrt(ops.maximum(sq, self.epsilon))
+        return l2_normalize(inputs, self.epsilon)
 
     def compute_output_shape(self, input_shape: tuple[int | None, ...]) -> tuple[int | None, ...]:
         return input_shape

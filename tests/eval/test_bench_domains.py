@@ -3,22 +3,17 @@ embedding cache and the --plot figure (the shipped bundle; no TensorFlow needed)
 
 from __future__ import annotations
 
-import importlib.util
 import json
 from pathlib import Path
 from types import ModuleType
 
 import pytest
 
-ROOT = Path(__file__).resolve().parents[2]
+from tests.scripts import load_script
 
 
 def load_domains() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("bench_domains", ROOT / "bench" / "domains.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/domains.py", "bench_domains")
 
 
 def make_set(fixture_dir: Path, root: Path) -> Path:

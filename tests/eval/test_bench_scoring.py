@@ -3,24 +3,18 @@ prototype is the normalised mean of a product's shots, against loops over hand-m
 
 from __future__ import annotations
 
-import importlib.util
 from pathlib import Path
 
 import numpy as np
 import pytest
 
 from device.matcher import Matcher
+from tests.scripts import load_script
 from training import metrics
-
-REPO = Path(__file__).resolve().parents[2]
 
 
 def _scoring():
-    spec = importlib.util.spec_from_file_location("bench_scoring", REPO / "bench" / "scoring.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("bench/scoring.py", "bench_scoring")
 
 
 def test_scorers_against_loops(tmp_path: Path) -> None:

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import importlib.util
 import itertools
 import json
 import subprocess
@@ -13,6 +12,8 @@ from typing import Any
 
 import pytest
 
+from tests.scripts import load_script
+
 REPO = Path(__file__).resolve().parents[2]
 DEMO_SH = REPO / "scripts" / "demo.sh"
 DEFAULT_MODEL = REPO / "models" / "default"
@@ -20,11 +21,7 @@ DEFAULT_MODEL = REPO / "models" / "default"
 
 @pytest.fixture(scope="module")
 def demo() -> ModuleType:
-    spec = importlib.util.spec_from_file_location("prodrec_demo", REPO / "demo" / "demo.py")
-    assert spec is not None and spec.loader is not None
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script("demo/demo.py", "prodrec_demo")
 
 
 TRUTH = [
