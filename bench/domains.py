@@ -2,7 +2,8 @@
 
     python bench/domains.py BUNDLE [BUNDLE ...] [--reference REF_BUNDLE]
         [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] [--cache runs/domain-cache]
-        [--row] [--plot FILE.png [--plot-sets grocery,grozi-dev]]
+        [--row] [--plot FILE.png [--plot-sets grocery,grozi-dev]] [--exposure-gain]
+        [--false-accepts N]
 
 For each bundle and each set (a `protocol.json` in the `training evaluate --protocol` format) the
 images are embedded with `device.embedder.Embedder` (the int8 model, the device's preprocessing),
@@ -25,7 +26,11 @@ the device's adaptation) (made by `python -m training
 generalise imagenet` + `python -m convert`, see docs/BENCHMARKS.md). Embeddings are cached per
 model id and set in --cache. Prints markdown tables; `--row` appends them to docs/BENCHMARKS.md
 with the command and commit; `--plot` draws each model's P@1 and AUROC on one set against
-another (where models trade one domain for the other).
+another (where models trade one domain for the other). `--false-accepts N` lists, per set, the N
+(unknown product -> enrolled product) pairs behind most false accepts. `--exposure-gain` is an
+experiment, not a device step: each image is brightened before embedding until its 99th-percentile
+luminance is white (gain at most 4; images that reach white unchanged), to measure how much of a
+domain's errors come from under-exposed photos.
 
 coil-dev and grozi-dev are evaluation data only: nothing here trains, calibrates or selects on them.
 """
@@ -38,6 +43,7 @@ import shlex
 import subprocess
 import sys
 import time
+from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -74,9 +80,27 @@ class Split:
     emb: np.ndarray
 
 
-def embed_set(bundle: Path, data: Path, name: str, cache: Path) -> tuple[Split, Split]:
+EXPOSURE_PERCENTILE, EXPOSURE_MAX_GAIN = 99.0, 4.0
+
+
+def exposure_gain(image_bgr: np.ndarray) -> np.ndarray:
+    """Brighten an under-exposed BGR uint8 image: one gain on every pixel and channel, so that
+    the EXPOSURE_PERCENTILE of its luminance reaches 255 (at most EXPOSURE_MAX_GAIN; never
+    darkened)."""
+    luma = image_bgr.astype(np.float32) @ np.array([0.114, 0.587, 0.299], np.float32)
+    level = float(np.percentile(luma, EXPOSURE_PERCENTILE))
+    gain = min(EXPOSURE_MAX_GAIN, 255.0 / max(level, 1.0))
+    if gain <= 1.0:
+        return image_bgr
+    return np.clip(image_bgr.astype(np.float32) * gain, 0, 255).astype(np.uint8)
+
+
+def embed_set(
+    bundle: Path, data: Path, name: str, cache: Path, *, exposure: bool = False
+) -> tuple[Split, Split]:
     meta = read_bundle_meta(bundle)
-    path = cache / f"{meta.model_id[:16]}-{name}.npz"
+    tag = f"-gain{EXPOSURE_PERCENTILE:g}x{EXPOSURE_MAX_GAIN:g}" if exposure else ""
+    path = cache / f"{meta.model_id[:16]}-{name}{tag}.npz"
     proto = read_protocol(data / name / "protocol.json")
     if path.is_file():
         z = np.load(path)
@@ -87,7 +111,8 @@ def embed_set(bundle: Path, data: Path, name: str, cache: Path) -> tuple[Split, 
             labels = [p for p, fs in split.items() for _ in fs]
             files = [f for fs in split.values() for f in fs]
             started = time.monotonic()
-            out[f"{key}x"] = np.stack([embedder.embed(load_image(f)) for f in files])
+            load = (lambda f: exposure_gain(load_image(f))) if exposure else load_image
+            out[f"{key}x"] = np.stack([embedder.embed(load(f)) for f in files])
             out[f"{key}y"] = np.array(labels)
             print(
                 f"  {meta.name} {name} {key}: {len(files)} images in "
@@ -120,11 +145,15 @@ def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[st
     # The unknown side: each product left out of the gallery, threshold recomputed without it.
     fa, thresholds = np.zeros(len(truth), bool), []
     unknown_best = np.zeros(len(truth), np.float32)
+    unknown_to = np.empty(len(truth), dtype=object)  # the product each unknown matched
     for p in products:
         keep = enroll.labels != p
         rows = query.labels == p
-        _, s, t, _ = _scores(policy, Split(enroll.labels[keep], enroll.emb[keep]), query.emb[rows])
+        left, s, t, _ = _scores(
+            policy, Split(enroll.labels[keep], enroll.emb[keep]), query.emb[rows]
+        )
         unknown_best[rows] = s.max(axis=1)
+        unknown_to[rows] = [left[i] for i in s.argmax(axis=1)]
         fa[rows] = unknown_best[rows] >= t
         thresholds.append(t)
     # Hindsight, not a rule a device could follow: the one threshold that accepts the most right
@@ -143,6 +172,9 @@ def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[st
         "hindsight_threshold": best_t,
         "hindsight_accepted_right": hindsight.accepted_right,
         "hindsight_false_accept": hindsight.false_accept,
+        "false_accept_pairs": Counter(
+            zip(query.labels[fa].tolist(), unknown_to[fa].tolist(), strict=True)
+        ),
     }
 
 
@@ -194,6 +226,18 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
     p.add_argument("--row", action="store_true", help="append the tables to docs/BENCHMARKS.md")
     p.add_argument(
+        "--exposure-gain",
+        action="store_true",
+        help="experiment: brighten under-exposed images before embedding (not a device step)",
+    )
+    p.add_argument(
+        "--false-accepts",
+        type=int,
+        default=0,
+        metavar="N",
+        help="list the N (unknown -> enrolled) product pairs behind most false accepts, per set",
+    )
+    p.add_argument(
         "--plot",
         type=Path,
         help="also draw each model's P@1 and AUROC, one set against another (--plot-sets), to PNG",
@@ -226,6 +270,7 @@ def main(argv: list[str] | None = None) -> int:
         "|---|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     points: dict[str, dict[str, dict[str, float]]] = {}  # plot label -> set -> results
+    notes: list[str] = []  # --false-accepts, after the table
     plot_labels = short_labels(runs)
     for bundle, plain in runs:
         meta = read_bundle_meta(bundle)
@@ -235,7 +280,9 @@ def main(argv: list[str] | None = None) -> int:
             policy = dataclasses.replace(policy, centring=Centring.none(), cohort=None)
             label += " (reference: raw cosine, calibrated threshold)"
         for name in sets:
-            enroll, query = embed_set(bundle, args.data, name, args.cache)
+            enroll, query = embed_set(
+                bundle, args.data, name, args.cache, exposure=args.exposure_gain
+            )
             r = evaluate_all(policy, enroll, query)
             points.setdefault(plot_labels[(bundle, plain)], {})[name] = r
             subs = []
@@ -254,7 +301,9 @@ def main(argv: list[str] | None = None) -> int:
                 f"{r['hindsight_accepted_right']:.3f} ({r['hindsight_threshold']:.3f}) |"
             )
             print(lines[-1], flush=True)
-    text = "\n".join(lines) + "\n"
+            if args.false_accepts > 0:
+                notes.append(_false_accept_note(label, name, r, len(query.labels), args))
+    text = "\n".join(lines + notes) + "\n"
     print()
     print(text)
     if args.row:
@@ -266,6 +315,23 @@ def main(argv: list[str] | None = None) -> int:
         plot_trade(points, x_set, y_set, args.plot, title=f"bench/domains.py: {title}")
         print(f"plot: {args.plot}")
     return 0
+
+
+def _false_accept_note(
+    label: str, name: str, r: dict, n_queries: int, args: argparse.Namespace
+) -> str:
+    pairs: Counter = r["false_accept_pairs"]
+    total = sum(pairs.values())
+    top = pairs.most_common(args.false_accepts)
+    listed = sum(n for _, n in top)
+    head = (
+        f"\n{label}, {name}: {total} false accepts ({100 * r['false_accept']:.1f}% of "
+        f"{n_queries} queries as unknowns)"
+    )
+    if not total:
+        return head
+    rows = "; ".join(f"{u} -> {k}: {n}" for (u, k), n in top)
+    return f"{head}; {listed} ({100 * listed / total:.0f}%) from: {rows}"
 
 
 def short_labels(runs: list[tuple[Path, bool]]) -> dict[tuple[Path, bool], str]:

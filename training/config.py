@@ -35,6 +35,8 @@ class AugmentParams:
     flip: bool = False
     colour: float = 0.0  # per-channel gain in [1 - colour, 1 + colour]: white balance, tinted light
     erase: float = 0.0  # probability of one random rectangle painted over (occlusion, a hand)
+    dark: float = 0.0  # probability of an under-exposed copy: the image times a gain in dark_gain
+    dark_gain: tuple[float, float] = (0.2, 0.7)  # drawn log-uniformly; dim shelves, no flash
 
 
 def _unfreeze(text: str) -> tuple[float, ...]:
@@ -161,6 +163,11 @@ class FitConfig:
     aug_erase: float = _opt(
         0.0, "probability of painting one random rectangle over an image (occlusion; 0 = off)"
     )
+    aug_dark: float = _opt(
+        0.0,
+        "probability of under-exposing an image (all pixels times a gain in 0.2-0.7: dim "
+        "shelves, in-store video; 0 = off)",
+    )
     distill: float = _opt(
         0.0,
         "weight of feature distillation: pulls the pooled backbone features towards those of a "
@@ -209,6 +216,7 @@ class FitConfig:
             flip=self.flip,
             colour=self.aug_colour,
             erase=self.aug_erase,
+            dark=self.aug_dark,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -292,6 +300,8 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(f"--aug-colour must be in [0, 1), got {cfg.aug_colour}")
     if not 0.0 <= cfg.aug_erase <= 1.0:
         raise ValueError(f"--aug-erase is a probability in [0, 1], got {cfg.aug_erase}")
+    if not 0.0 <= cfg.aug_dark <= 1.0:
+        raise ValueError(f"--aug-dark is a probability in [0, 1], got {cfg.aug_dark}")
     # Both pull towards the starting backbone: there must be one worth keeping.
     for flag, value, high, what in (
         ("--distill", cfg.distill, 1000.0, "pulls the features towards the starting backbone's"),

@@ -290,7 +290,7 @@ def check_decoded(arrays: Arrays, classes: Sequence[str], where: Path) -> None:
 def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     """uint8 (N, L, L, 3) -> float32 (N, S, S, 3) in 0..255: random crop/zoom, shift, rotation
     (one projective warp, reflect padding), optional flip, brightness and contrast, optional
-    per-channel gains and random erasing."""
+    per-channel gains, under-exposure and random erasing."""
     import tensorflow as tf
 
     x = tf.cast(images, tf.float32)
@@ -328,6 +328,12 @@ def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     if params.colour > 0:
         gains = tf.random.uniform([n, 1, 1, 3], 1.0 - params.colour, 1.0 + params.colour)
         x = x * gains
+    if params.dark > 0:
+        # Under-exposure, after the other photometric changes: a dim shelf darkens whatever
+        # colour the product has. Log-uniform, so 0.2x is as likely as 0.7x relative to 1x.
+        lo, hi = (math.log(g) for g in params.dark_gain)
+        gain = tf.exp(tf.random.uniform([n, 1, 1, 1], lo, hi))
+        x = tf.where(tf.random.uniform([n, 1, 1, 1]) < params.dark, x * gain, x)
     if params.erase > 0:
         x = _erase(x, n, s, params.erase)
     return tf.clip_by_value(x, 0.0, 255.0)

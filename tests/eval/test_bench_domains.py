@@ -81,3 +81,73 @@ def test_plot_sets_and_labels_are_checked() -> None:
         [(Path("runs/a/bundle"), True), (Path("runs/a/bundle"), False), (Path("models/a"), False)]
     )
     assert list(labels.values()) == ["a (reference)", "a", "a #2"]
+
+
+def test_false_accept_pairs_add_up_and_exposure_is_cached_apart(
+    default_bundle_dir: Path, fixture_dir: Path, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    domains = load_domains()
+    data = make_set(fixture_dir, tmp_path / "data")
+    cache = tmp_path / "cache"
+    argv = [str(default_bundle_dir), "--data", str(data), "--sets", "fix", "--cache", str(cache),
+            "--false-accepts", "50", "--exposure-gain"]  # fmt: skip
+    assert domains.main(argv) == 0
+    out = capsys.readouterr().out
+    assert len(list(cache.glob("*-fix-gain99x4.npz"))) == 1  # not mixed with plain embeddings
+    row = next(line for line in out.splitlines() if "| fix |" in line).split(" | ")
+    fa_percent = float(row[7].rstrip("%"))
+    note = next(line for line in out.splitlines() if "false accepts (" in line)
+    total = int(note.split(": ")[1].split(" false accepts")[0])
+    n_queries = sum(1 for p in (data / "fix" / "test").iterdir() for _ in p.iterdir())
+    assert abs(100 * total / n_queries - fa_percent) < 0.051  # the table rounds to 0.1 %
+    if total:  # with 50 listed, every false accept is in a listed pair
+        listed = [int(x.rsplit(": ", 1)[1]) for x in note.split(" from: ")[1].split("; ")]
+        assert sum(listed) == total
+
+
+def test_exposure_gain_matches_a_naive_reference() -> None:
+    import numpy as np
+
+    domains = load_domains()
+    rng = np.random.default_rng(0)
+    dark = rng.integers(0, 60, (20, 30, 3), dtype=np.uint8)
+    out = domains.exposure_gain(dark)
+    luma = dark[..., 0] * 0.114 + dark[..., 1] * 0.587 + dark[..., 2] * 0.299
+    gain = min(4.0, 255.0 / np.percentile(luma, 99))
+    assert gain > 1
+    expected = np.clip(dark.astype(np.float64) * gain, 0, 255).astype(np.uint8)
+    assert np.abs(out.astype(int) - expected.astype(int)).max() <= 1  # float32 rounding
+    very_dark = np.full((8, 8, 3), 10, np.uint8)
+    assert (domains.exposure_gain(very_dark) == 40).all()  # capped at 4x
+    bright = rng.integers(0, 256, (20, 30, 3), dtype=np.uint8)
+    bright[0, :] = 255  # its 99th percentile reaches white: left alone
+    assert domains.exposure_gain(bright) is bright
+
+
+def test_false_accept_pairs_on_hand_made_embeddings() -> None:
+    import numpy as np
+
+    from device.adaptation import Centring
+    from device.matching import MatchingPolicy
+
+    domains = load_domains()
+    policy = MatchingPolicy(Centring.none(), None, 0.01, None, fixed_threshold=0.5)
+    a, b, c = np.eye(3, dtype=np.float32)
+    enroll = domains.Split(np.array(["a", "b", "c"]), np.stack([a, b, c]))
+    # Two "a" queries lean towards b: with a left out they match b above 0.5; the third does not.
+    # The "c" query is far from a and b: with c left out it is rejected.
+    queries = np.stack([a + 0.9 * b, a + 1.5 * b, a + 0.1 * c, c + 0.1 * a])
+    queries /= np.linalg.norm(queries, axis=1, keepdims=True)
+    query = domains.Split(np.array(["a", "a", "a", "c"]), queries)
+    r = domains.evaluate_all(policy, enroll, query)
+    # Naive: each query's best cosine to the other products' views, against 0.5.
+    expected = {}
+    for q, label in zip(queries, query.labels, strict=True):
+        others = [(float(q @ v), name) for v, name in zip((a, b, c), "abc", strict=True)]
+        score, name = max(o for o in others if o[1] != label)
+        if score >= 0.5:
+            expected[(str(label), name)] = expected.get((str(label), name), 0) + 1
+    assert dict(r["false_accept_pairs"]) == expected == {("a", "b"): 2}
+    assert r["false_accept"] == 0.5
+    note = domains._false_accept_note("m", "s", r, 4, type("A", (), {"false_accepts": 3}))
+    assert "2 false accepts (50.0% of 4 queries" in note and "a -> b: 2" in note

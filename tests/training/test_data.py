@@ -244,7 +244,7 @@ def test_fit_writes_its_run_whole_or_not_at_all(
         fit_module.fit(data, data / "run1", cfg)
 
 
-def test_augmentation_colour_gains_and_erasing_do_what_they_say() -> None:
+def test_augmentation_colour_gains_erasing_and_dark_do_what_they_say() -> None:
     import tensorflow as tf
 
     from training.config import AugmentParams
@@ -278,13 +278,29 @@ def test_augmentation_colour_gains_and_erasing_do_what_they_say() -> None:
     erased_share = np.any(np.abs(half - 100.0) > 1e-3, axis=(1, 2, 3)).mean()
     assert 0.25 <= erased_share <= 0.75  # about half of 64 images (binomial sd 0.06)
 
+    dark = augment_batch(grey, 32, AugmentParams(**still, dark=1.0)).numpy()
+    gain = dark[:, 0, 0, 0] / 100.0  # one gain per image, the same on every pixel and channel
+    assert np.allclose(dark, dark[:, :1, :1, :1], atol=1e-3)
+    assert gain.min() >= 0.2 - 1e-4 and gain.max() <= 0.7 + 1e-4
+    # log-uniform on [0.2, 0.7]: median sqrt(0.14) = 0.374 (a uniform draw would give 0.45)
+    assert 0.30 <= np.median(gain) <= 0.45 and gain.std() > 0.05
+    some = augment_batch(grey, 32, AugmentParams(**still, dark=0.5)).numpy()
+    darkened = (np.abs(some - 100.0) > 1e-3).any(axis=(1, 2, 3)).mean()
+    assert 0.25 <= darkened <= 0.75
+
 
 def test_augmentation_settings_are_checked() -> None:
     from training.config import FitConfig
 
-    for bad in (dict(aug_zoom=0.05), dict(aug_colour=1.0), dict(aug_erase=1.5)):
+    for bad in (
+        dict(aug_zoom=0.05),
+        dict(aug_colour=1.0),
+        dict(aug_erase=1.5),
+        dict(aug_dark=-0.1),
+    ):
         with pytest.raises(ValueError, match="--aug-"):
             FitConfig(**bad)
-    cfg = FitConfig(aug_zoom=0.5, aug_colour=0.1, aug_erase=0.3, flip=True)
+    cfg = FitConfig(aug_zoom=0.5, aug_colour=0.1, aug_erase=0.3, aug_dark=0.4, flip=True)
     p = cfg.augment_params()
     assert p.zoom == (0.5, 1.0) and p.colour == 0.1 and p.erase == 0.3 and p.flip
+    assert p.dark == 0.4

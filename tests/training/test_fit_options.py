@@ -25,15 +25,16 @@ def test_every_option_reaches_its_field() -> None:
         "--easy-margin", "--sphereface-lambda", "2", "--epochs", "5", "--frozen-epochs", "1",
         "--unfreeze", "0.5,1", "--batch-size", "8", "--lr", "0.01", "--finetune-lr", "0.002",
         "--val-split", "0.2", "--classes", "a,b", "--seed", "3", "--no-augment", "--flip",
-        "--aug-zoom", "0.8", "--aug-colour", "0.1", "--aug-erase", "0.2", "--patience", "4",
-        "--strategy", "mirrored",
+        "--aug-zoom", "0.8", "--aug-colour", "0.1", "--aug-erase", "0.2", "--aug-dark", "0.3",
+        "--patience", "4", "--strategy", "mirrored",
     )  # fmt: skip
     assert cfg == FitConfig(
         head="cosface", alpha=0.5, input_size=128, embedding_dim=64, weights=None, dropout=0.1,
         scale=30.0, margin=0.2, easy_margin=True, sphereface_lambda=2.0, epochs=5,
         frozen_epochs=1, unfreeze=(0.5, 1.0), batch_size=8, lr=0.01, finetune_lr=0.002,
         val_split=0.2, classes=("a", "b"), seed=3, augment=False, flip=True, aug_zoom=0.8,
-        aug_colour=0.1, aug_erase=0.2, early_stopping_patience=4, strategy="mirrored",
+        aug_colour=0.1, aug_erase=0.2, aug_dark=0.3, early_stopping_patience=4,
+        strategy="mirrored",
     )  # fmt: skip
     on_cli = {f.name for f in fields(FitConfig) if "help" in f.metadata}
     assert on_cli == {f.name for f in fields(FitConfig)} - {
