@@ -47,6 +47,7 @@ import time
 from collections import Counter
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 
@@ -82,7 +83,7 @@ class Split:
 
 
 # The 99th-percentile luminance that 99.5% of the grocery training photos reach (400 measured):
-# below it an image is darker than anything the model was trained on.
+# below it an image is darker than nearly all the photos the shipped recipe is trained on.
 EXPOSURE_PERCENTILE, EXPOSURE_LEVEL, EXPOSURE_MAX_GAIN = 99.0, 170.0, 4.0
 
 
@@ -102,7 +103,11 @@ def embed_set(
     bundle: Path, data: Path, name: str, cache: Path, *, exposure: bool = False
 ) -> tuple[Split, Split]:
     meta = read_bundle_meta(bundle)
-    tag = f"-exposure{EXPOSURE_LEVEL:g}x{EXPOSURE_MAX_GAIN:g}" if exposure else ""
+    tag = (
+        f"-exposure-p{EXPOSURE_PERCENTILE:g}-l{EXPOSURE_LEVEL:g}-x{EXPOSURE_MAX_GAIN:g}"
+        if exposure
+        else ""
+    )
     path = cache / f"{meta.model_id[:16]}-{name}{tag}.npz"
     proto = read_protocol(data / name / "protocol.json")
     if path.is_file():
@@ -133,7 +138,7 @@ def _scores(policy: MatchingPolicy, gallery: Split, queries: np.ndarray):
     return products, scores, decision.value, matcher
 
 
-def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[str, float]:
+def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[str, Any]:
     """All products enrolled; unknowns leave-class-out with the device's own threshold."""
     products, scores, threshold, matcher = _scores(policy, enroll, query.emb)
     predicted, best = predict(products, scores)
@@ -251,6 +256,8 @@ def main(argv: list[str] | None = None) -> int:
         help="the two sets of --plot's axes (x,y): where the models trade one for the other",
     )
     args = p.parse_args(argv)
+    if args.false_accepts < 0:
+        p.error(f"--false-accepts takes a count of pairs >= 0, got {args.false_accepts}")
     sets = [s for s in args.sets.split(",") if s]
     plot_sets = args.plot_sets.split(",")
     if args.plot:
@@ -305,7 +312,9 @@ def main(argv: list[str] | None = None) -> int:
             )
             print(lines[-1], flush=True)
             if args.false_accepts > 0:
-                notes.append(_false_accept_note(label, name, r, len(query.labels), args))
+                notes.append(
+                    _false_accept_note(label, name, r, len(query.labels), args.false_accepts)
+                )
     text = "\n".join(lines + notes) + "\n"
     print()
     print(text)
@@ -320,21 +329,21 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _false_accept_note(
-    label: str, name: str, r: dict, n_queries: int, args: argparse.Namespace
-) -> str:
-    pairs: Counter = r["false_accept_pairs"]
+def _false_accept_note(label: str, name: str, r: dict[str, Any], n_queries: int, top_n: int) -> str:
+    """One line: how many false accepts, and the `top_n` pairs that make most of them."""
+    pairs: Counter[tuple[str, str]] = r["false_accept_pairs"]
     total = sum(pairs.values())
-    top = pairs.most_common(args.false_accepts)
+    top = pairs.most_common(top_n)
     listed = sum(n for _, n in top)
     head = (
-        f"\n{label}, {name}: {total} false accepts ({100 * r['false_accept']:.1f}% of "
+        f"\n{label}, {name}: {total} false accept{'' if total == 1 else 's'} "
+        f"({100 * r['false_accept']:.1f}% of "
         f"{n_queries} queries as unknowns)"
     )
     if not total:
         return head
-    rows = "; ".join(f"{u} -> {k}: {n}" for (u, k), n in top)
-    return f"{head}; {listed} ({100 * listed / total:.0f}%) from: {rows}"
+    rows = ", ".join(f"{u} -> {k} x{n}" for (u, k), n in top)
+    return f"{head}; the top {len(top)} pair(s) make {listed} ({100 * listed / total:.0f}%): {rows}"
 
 
 def short_labels(runs: list[tuple[Path, bool]]) -> dict[tuple[Path, bool], str]:

@@ -25,6 +25,9 @@ IMAGENET_ALPHAS = (0.35, 0.5, 0.75, 1.0, 1.3, 1.4)
 MIN_INPUT_SIZE = 32
 
 
+DARK_GAIN = (0.2, 0.7)  # --aug-dark's range of exposure gains
+
+
 @dataclass(frozen=True)
 class AugmentParams:
     zoom: tuple[float, float] = (0.70, 1.0)  # crop side as a fraction of the stored image side
@@ -36,7 +39,7 @@ class AugmentParams:
     colour: float = 0.0  # per-channel gain in [1 - colour, 1 + colour]: white balance, tinted light
     erase: float = 0.0  # probability of one random rectangle painted over (occlusion, a hand)
     dark: float = 0.0  # probability of an under-exposed copy: the image times a gain in dark_gain
-    dark_gain: tuple[float, float] = (0.2, 0.7)  # drawn log-uniformly; dim shelves, no flash
+    dark_gain: tuple[float, float] = DARK_GAIN  # drawn log-uniformly; dim shelves, no flash
 
 
 def _unfreeze(text: str) -> tuple[float, ...]:
@@ -165,8 +168,8 @@ class FitConfig:
     )
     aug_dark: float = _opt(
         0.0,
-        "probability of under-exposing an image (all pixels times a gain in 0.2-0.7: dim "
-        "shelves, in-store video; 0 = off)",
+        f"probability of under-exposing an image (all pixels times a gain in {DARK_GAIN[0]:g}-"
+        f"{DARK_GAIN[1]:g}: dim shelves, in-store video; 0 = off)",
     )
     distill: float = _opt(
         0.0,

@@ -328,15 +328,16 @@ def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     if params.colour > 0:
         gains = tf.random.uniform([n, 1, 1, 3], 1.0 - params.colour, 1.0 + params.colour)
         x = x * gains
+    if params.erase > 0:
+        x = _erase(x, n, s, params.erase)
+    x = tf.clip_by_value(x, 0.0, 255.0)
     if params.dark > 0:
-        # Under-exposure, after the other photometric changes: a dim shelf darkens whatever
-        # colour the product has. Log-uniform, so 0.2x is as likely as 0.7x relative to 1x.
+        # Last, on the clipped image: a darker photo of everything above, hand and label
+        # included. Log-uniform: every ratio of gains equally likely (median sqrt(0.2 * 0.7)).
         lo, hi = (math.log(g) for g in params.dark_gain)
         gain = tf.exp(tf.random.uniform([n, 1, 1, 1], lo, hi))
         x = tf.where(tf.random.uniform([n, 1, 1, 1]) < params.dark, x * gain, x)
-    if params.erase > 0:
-        x = _erase(x, n, s, params.erase)
-    return tf.clip_by_value(x, 0.0, 255.0)
+    return x
 
 
 def _erase(x: Any, n: Any, s: float, p: float) -> Any:
