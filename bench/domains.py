@@ -364,6 +364,25 @@ def short_labels(runs: list[tuple[Path, bool]]) -> dict[tuple[Path, bool], str]:
 TARGETS = {"grocery": (0.90, 0.92), "coil-dev": (0.995, 0.98), "grozi-dev": (0.96, 0.96)}
 
 
+def _label_offsets(xy: list[tuple[float, float]], step: float = -10.0) -> list[float]:
+    """Vertical label offsets (points) so that labels of near-coincident points do not print on
+    top of each other: a label within 20% of the x range and 3% of the y range of an earlier one
+    moves down one line."""
+    if not xy:
+        return []
+    xs, ys = [p[0] for p in xy], [p[1] for p in xy]
+    wx, wy = max(max(xs) - min(xs), 1e-9), max(max(ys) - min(ys), 1e-9)
+    placed: list[tuple[float, float]] = []  # (x, y) of each label in range units, shift included
+    offsets = []
+    for x, y in xy:
+        nx, ny, dy = (x - min(xs)) / wx, (y - min(ys)) / wy, 0.0
+        while any(abs(nx - px) < 0.2 and abs(ny + dy / 300 - py) < 0.03 for px, py in placed):
+            dy += step
+        placed.append((nx, ny + dy / 300))
+        offsets.append(dy)
+    return offsets
+
+
 def plot_trade(
     points: dict[str, dict[str, dict[str, float]]],
     x_set: str,
@@ -378,17 +397,23 @@ def plot_trade(
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
+    # No grey for models: grey is the reference's. tab20 gives 16 other colours.
+    palette = [c for i, c in enumerate(plt.cm.tab20.colors) if i not in (14, 15)]
     fig, axes = plt.subplots(1, 2, figsize=(13, 6))
     for ax, (key, name, k) in zip(
         axes, (("p_at_1", "P@1", 0), ("auroc", "AUROC (leave-class-out)", 1)), strict=True
     ):
-        for label, by_set in points.items():
-            if x_set not in by_set or y_set not in by_set:
-                continue
-            x, y = by_set[x_set][key], by_set[y_set][key]
+        shown = [
+            (label, by_set[x_set][key], by_set[y_set][key])
+            for label, by_set in points.items()
+            if x_set in by_set and y_set in by_set
+        ]
+        offsets = _label_offsets([(x, y) for _, x, y in shown])
+        for i, ((label, x, y), dy) in enumerate(zip(shown, offsets, strict=True)):
             ref = label.endswith("(reference)")
-            ax.scatter([x], [y], marker="s" if ref else "o", s=40, color="grey" if ref else None)
-            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4), fontsize=8)
+            colour = "grey" if ref else palette[i % len(palette)]
+            ax.scatter([x], [y], marker="s" if ref else "o", s=40, color=colour)
+            ax.annotate(label, (x, y), textcoords="offset points", xytext=(5, 4 + dy), fontsize=8)
         for s, line in ((x_set, ax.axvline), (y_set, ax.axhline)):
             if s in TARGETS:
                 line(TARGETS[s][k], linestyle="--", color="green", linewidth=0.8)

@@ -174,3 +174,12 @@ def test_false_accept_pairs_on_hand_made_embeddings() -> None:
     assert r["false_accept"] == 0.5
     note = domains._false_accept_note("m", "s", r, 4, 3)
     assert "2 false accepts (50.0% of 4 queries" in note and "a -> b x2" in note
+
+
+def test_labels_of_coincident_points_are_moved_apart() -> None:
+    domains = load_domains()
+    assert domains._label_offsets([]) == []
+    # Two points on top of each other and a third far away: only the second label moves.
+    assert domains._label_offsets([(0.9, 0.95), (0.9, 0.95), (0.5, 0.90)]) == [0.0, -10.0, 0.0]
+    # Three together: each one line further down.
+    assert domains._label_offsets([(0.9, 0.95)] * 3 + [(0.5, 0.9)]) == [0.0, -10.0, -20.0, 0.0]
