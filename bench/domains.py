@@ -335,10 +335,10 @@ def _false_accept_note(label: str, name: str, r: dict[str, Any], n_queries: int,
     total = sum(pairs.values())
     top = pairs.most_common(top_n)
     listed = sum(n for _, n in top)
+    plural = "" if total == 1 else "s"
     head = (
-        f"\n{label}, {name}: {total} false accept{'' if total == 1 else 's'} "
-        f"({100 * r['false_accept']:.1f}% of "
-        f"{n_queries} queries as unknowns)"
+        f"\n{label}, {name}: {total} false accept{plural} "
+        f"({100 * r['false_accept']:.1f}% of {n_queries} queries as unknowns)"
     )
     if not total:
         return head

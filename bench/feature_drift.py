@@ -23,10 +23,6 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 
-def unit(x: np.ndarray) -> np.ndarray:
-    return x / np.linalg.norm(x, axis=1, keepdims=True)
-
-
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("runs", nargs="+", type=Path, help="RUN_DIRs of pooled-feature extractors")
@@ -35,6 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
+    from device.adaptation import l2_normalize
     from training.data import decode_items, scan_dataset
     from training.generalise import build_pooled_extractor
     from training.model import load_extractor
@@ -49,13 +46,13 @@ def main(argv: list[str] | None = None) -> int:
     chosen = [items[i] for i in sorted(rng.choice(len(items), args.images, replace=False))]
     x = decode_items(chosen, size, progress=False)[0].images.astype(np.float32)
     reference, _ = build_pooled_extractor("imagenet", alpha=0.0, input_size=size)
-    base = unit(np.asarray(reference.predict(x, verbose=0)))
+    base = l2_normalize(np.asarray(reference.predict(x, verbose=0)))
     print(f"`python bench/feature_drift.py {shlex.join(argv or sys.argv[1:])}`")
     print()
     print("| run | cosine to ImageNet's pooled features: mean | min |")
     print("|---|---|---|")
     for run, extractor in zip(args.runs, extractors, strict=True):
-        c = np.sum(unit(np.asarray(extractor.predict(x, verbose=0))) * base, axis=1)
+        c = np.sum(l2_normalize(np.asarray(extractor.predict(x, verbose=0))) * base, axis=1)
         print(f"| `{run}` | {c.mean():.3f} | {c.min():.3f} |")
     return 0
 
