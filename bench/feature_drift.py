@@ -31,7 +31,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     args = p.parse_args(argv)
 
-    from device.adaptation import l2_normalize
+    from device.vectors import l2_normalize
     from training.data import decode_items, scan_dataset
     from training.generalise import build_pooled_extractor
     from training.model import load_extractor

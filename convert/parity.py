@@ -11,7 +11,7 @@ from typing import Any
 
 import numpy as np
 
-from device.matcher import l2_normalize
+from device.vectors import l2_normalize
 
 DEFAULT_MIN_COSINE = 0.98
 

@@ -30,14 +30,9 @@ import numpy as np
 
 from .bundle import Adaptation, BundleMeta, bundle_dir_of
 from .errors import BundleError
+from .vectors import l2_normalize
 
 log = logging.getLogger(__name__)
-
-
-def l2_normalize(x: np.ndarray) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=-1, keepdims=True)
-    return x / np.maximum(norm, np.float32(1e-12))
 
 
 def blend_weight(n_views: int, prior_views: float) -> float:
@@ -69,14 +64,6 @@ def centre_vector(
         )
     w = np.float32(blend_weight(len(views), prior_views))
     return w * l2_normalize(views).mean(axis=0) + (np.float32(1.0) - w) * prior
-
-
-def centre(x: np.ndarray, mu: np.ndarray | None) -> np.ndarray:
-    """Unit embeddings -> unit embeddings of (x - mu) (x is normalised first)."""
-    x = l2_normalize(x)
-    if mu is None:
-        return x
-    return l2_normalize(x - np.asarray(mu, dtype=np.float32))
 
 
 @dataclass(frozen=True)

@@ -289,8 +289,8 @@ class DeviceApp(Closing):
 
     def check(self) -> CheckReport:
         """Each product's nearest look-alike and own-view agreement, with the threshold in force."""
-        from .adaptation import centre
         from .audit import check_products, reject_all_threshold
+        from .vectors import centre
 
         emb, labels = self._current_embeddings()
         matcher, decision = self._matcher_for(emb, labels)

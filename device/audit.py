@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from .matcher import l2_normalize
+from .vectors import l2_normalize
 
 
 @dataclass(frozen=True)

@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import numpy as np
 
+from . import vectors
+
 KNOWN, UNKNOWN, AMBIGUOUS = "known", "unknown", "ambiguous"
 
 
@@ -32,12 +34,6 @@ class Match:
     best_label: str  # the best product even when rejected ("" when there are no products)
     runner_up: str | None
     runner_up_score: float | None
-
-
-def l2_normalize(x: np.ndarray, axis: int = -1) -> np.ndarray:
-    x = np.asarray(x, dtype=np.float32)
-    norm = np.linalg.norm(x, axis=axis, keepdims=True)
-    return x / np.maximum(norm, np.float32(1e-12))
 
 
 class Matcher:
@@ -84,10 +80,7 @@ class Matcher:
 
     def _unit(self, x: np.ndarray) -> np.ndarray:
         """Rows as the matcher compares them: unit vectors, centred when a centre is set."""
-        x = l2_normalize(x)
-        if self.centre is None:
-            return x
-        return l2_normalize(x - self.centre)
+        return vectors.centre(x, self.centre)
 
     @property
     def n_views(self) -> int:

@@ -23,10 +23,11 @@ from pathlib import Path
 
 import numpy as np
 
-from .adaptation import Centring, centre, load_cohort
+from .adaptation import Centring, load_cohort
 from .bundle import BundleMeta
 from .matcher import Matcher
 from .threshold_rule import adaptive_threshold
+from .vectors import centre
 
 log = logging.getLogger(__name__)
 

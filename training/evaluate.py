@@ -29,7 +29,7 @@ from typing import Any
 
 import numpy as np
 
-from device.adaptation import centre
+from device.vectors import centre
 
 from . import metrics
 from .embed import ImageEmbedder, embed_split, open_model

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 # The device's: training, convert and the device normalise embeddings one way.
-from device.matcher import l2_normalize
+from device.vectors import l2_normalize
 
 
 def similarity(queries: np.ndarray, gallery: np.ndarray) -> np.ndarray:

@@ -9,11 +9,12 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from device.adaptation import Centring, blend_weight, centre, centre_vector, load_cohort
+from device.adaptation import Centring, blend_weight, centre_vector, load_cohort
 from device.bundle import bundle_files, read_bundle_meta
 from device.errors import BundleError
 from device.matcher import Matcher
 from device.matching import MatchingPolicy
+from device.vectors import centre, l2_normalize
 
 DEFAULT = Path(__file__).resolve().parents[2] / "models" / "default"
 
@@ -55,6 +56,16 @@ def test_centre_is_unit_of_difference() -> None:
     want = naive_unit(naive_unit(x) - mu)
     np.testing.assert_allclose(centre(x, mu), want, rtol=1e-6)
     np.testing.assert_allclose(centre(x, None), naive_unit(x), rtol=1e-6)
+
+
+def test_l2_normalize_rows_axis_and_zero_row() -> None:
+    x = np.array([[3.0, 4.0], [0.0, 0.0], [-1.0, 1.0]], np.float64)
+    got = l2_normalize(x)
+    assert got.dtype == np.float32
+    np.testing.assert_allclose(got[[0, 2]], naive_unit(x[[0, 2]]), rtol=1e-6)
+    assert np.all(got[1] == 0.0)  # nothing to scale: stays zero, no NaN
+    cols = l2_normalize(x.T, axis=0)
+    np.testing.assert_allclose(cols.T[[0, 2]], naive_unit(x[[0, 2]]), rtol=1e-6)
 
 
 def test_centred_matcher_equals_brute_force() -> None:
