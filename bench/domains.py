@@ -3,7 +3,7 @@
     python bench/domains.py BUNDLE [BUNDLE ...] [--reference REF_BUNDLE]
         [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] [--cache runs/domain-cache]
         [--row] [--plot FILE.png [--plot-sets grocery,grozi-dev]] [--exposure-gain]
-        [--false-accepts N]
+        [--false-accepts N] [--siblings]
 
 For each bundle and each set (a `protocol.json` in the `training evaluate --protocol` format) the
 images are embedded with `device.embedder.Embedder` (the int8 model, the device's preprocessing),
@@ -27,7 +27,9 @@ generalise imagenet` + `python -m convert`, see docs/BENCHMARKS.md). Embeddings 
 model id and set in --cache. Prints markdown tables; `--row` appends them to docs/BENCHMARKS.md
 with the command and commit; `--plot` draws each model's P@1 and AUROC on one set against
 another (where models trade one domain for the other). `--false-accepts N` lists, per set, the N
-(unknown product -> enrolled product) pairs behind most false accepts. `--exposure-gain` is an
+(unknown product -> enrolled product) pairs behind most false accepts. `--siblings` splits each
+set's AUROC by the unknown's kind: with a same-brand product enrolled (the name's first word:
+"Arla-Sour-Cream" and "Arla-Standard-Milk") or not. `--exposure-gain` is an
 experiment, not a device step: an image darker than the training photos is brightened before
 embedding until its 99th-percentile luminance reaches 170 (gain at most 4), the level 99.5% of the
 grocery training images reach (400 of them measured); images at or above it are unchanged. It
@@ -138,6 +140,27 @@ def _scores(policy: MatchingPolicy, gallery: Split, queries: np.ndarray):
     return products, scores, decision.value, matcher
 
 
+def brand(product: str) -> str:
+    """A product name's first word: its brand in the grocery set ("Arla-Sour-Cream" -> "Arla");
+    names without one ("obj29", "grozi010") are their own brand."""
+    return product.split("-", 1)[0]
+
+
+def sibling_aurocs(
+    known_best: np.ndarray, unknown_best: np.ndarray, truth: list[str], products: list[str]
+) -> dict[str, tuple[float | None, int]]:
+    """Leave-class-out AUROC split by the unknown's kind: every known score against the unknowns
+    whose product has a same-brand sibling in the gallery ("sibling"), and against the others
+    ("no sibling"). (AUROC or None when that group is empty, group size)."""
+    brands = Counter(brand(p) for p in products)
+    has_sibling = np.array([brands[brand(t)] > 1 for t in truth], dtype=bool)
+    out: dict[str, tuple[float | None, int]] = {}
+    for key, rows in (("sibling", has_sibling), ("no sibling", ~has_sibling)):
+        n = int(rows.sum())
+        out[key] = (auroc(known_best, unknown_best[rows]) if n else None, n)
+    return out
+
+
 def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[str, Any]:
     """All products enrolled; unknowns leave-class-out with the device's own threshold."""
     products, scores, threshold, matcher = _scores(policy, enroll, query.emb)
@@ -180,6 +203,7 @@ def evaluate_all(policy: MatchingPolicy, enroll: Split, query: Split) -> dict[st
         "hindsight_threshold": best_t,
         "hindsight_accepted_right": hindsight.accepted_right,
         "hindsight_false_accept": hindsight.false_accept,
+        "auroc_by_sibling": sibling_aurocs(best, lco_same_gallery, truth, products),
         "false_accept_pairs": Counter(
             zip(query.labels[fa].tolist(), unknown_to[fa].tolist(), strict=True)
         ),
@@ -255,6 +279,11 @@ def main(argv: list[str] | None = None) -> int:
         default="grocery,grozi-dev",
         help="the two sets of --plot's axes (x,y): where the models trade one for the other",
     )
+    p.add_argument(
+        "--siblings",
+        action="store_true",
+        help="split each set's AUROC by whether the unknown has a same-brand product enrolled",
+    )
     args = p.parse_args(argv)
     if args.false_accepts < 0:
         p.error(f"--false-accepts takes a count of pairs >= 0, got {args.false_accepts}")
@@ -315,6 +344,8 @@ def main(argv: list[str] | None = None) -> int:
                 notes.append(
                     _false_accept_note(label, name, r, len(query.labels), args.false_accepts)
                 )
+            if args.siblings:
+                notes.append(_sibling_note(label, name, r))
     text = "\n".join(lines + notes) + "\n"
     print()
     print(text)
@@ -327,6 +358,18 @@ def main(argv: list[str] | None = None) -> int:
         plot_trade(points, x_set, y_set, args.plot, title=f"bench/domains.py: {title}")
         print(f"plot: {args.plot}")
     return 0
+
+
+def _sibling_note(label: str, name: str, r: dict[str, Any]) -> str:
+    """One line: the AUROC against unknowns with and without a same-brand product enrolled."""
+    parts = []
+    for key, (value, n) in r["auroc_by_sibling"].items():
+        shown = "-" if value is None else f"{value:.3f}"
+        parts.append(
+            f"{shown} against the {n} unknowns with{'out' if key != 'sibling' else ''} "
+            "a same-brand product enrolled"
+        )
+    return f"\n{label}, {name}: AUROC {r['auroc']:.3f}; " + ", ".join(parts)
 
 
 def _false_accept_note(label: str, name: str, r: dict[str, Any], n_queries: int, top_n: int) -> str:

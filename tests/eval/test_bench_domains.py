@@ -104,7 +104,7 @@ def test_exposure_reaches_every_image_and_is_cached_apart(
 
     monkeypatch.setattr(domains, "exposure_gain", spy)
     argv = [str(default_bundle_dir), "--data", str(data), "--sets", "fix", "--cache", str(cache),
-            "--false-accepts", "5"]  # fmt: skip
+            "--false-accepts", "5", "--siblings"]  # fmt: skip
     assert domains.main(argv) == 0
     assert seen == []  # off unless asked
     assert domains.main([*argv, "--exposure-gain"]) == 0
@@ -120,6 +120,10 @@ def test_exposure_reaches_every_image_and_is_cached_apart(
     total = int(re.search(r"(\d+) false accepts? \(", note).group(1))
     n_queries = sum(len(v) for v in proto["query"].values())
     assert abs(100 * total / n_queries - fa_percent) < 0.051  # the table rounds to 0.1 %
+    sibling = next(line for line in out.splitlines() if "same-brand product enrolled" in line)
+    counts = [int(n) for n in re.findall(r"against the (\d+) unknowns", sibling)]
+    assert sum(counts) == n_queries  # every unknown in one of the two groups
+    assert f"AUROC {row[4]};" in sibling
     with pytest.raises(SystemExit):
         domains.main([*argv, "--false-accepts", "-1"])
 
@@ -174,6 +178,30 @@ def test_false_accept_pairs_on_hand_made_embeddings() -> None:
     assert r["false_accept"] == 0.5
     note = domains._false_accept_note("m", "s", r, 4, 3)
     assert "2 false accepts (50.0% of 4 queries" in note and "a -> b x2" in note
+
+
+def test_sibling_aurocs_match_naive_pair_counts() -> None:
+    import numpy as np
+
+    domains = load_domains()
+    assert domains.brand("Arla-Sour-Cream") == "Arla" and domains.brand("obj29") == "obj29"
+    products = ["Arla-Milk", "Arla-Cream", "Oatly-Oat-Milk", "obj7"]
+    truth = ["Arla-Milk", "Arla-Cream", "Oatly-Oat-Milk", "obj7", "Arla-Milk"]
+    known = np.array([0.9, 0.5, 0.7, 0.6, 0.4])
+    unknown = np.array([0.8, 0.55, 0.2, 0.6, 0.1])
+
+    def naive(neg: list[float]) -> float:
+        pairs = [1.0 if k > u else 0.5 if k == u else 0.0 for k in known for u in neg]
+        return sum(pairs) / len(pairs)
+
+    got = domains.sibling_aurocs(known, unknown, truth, products)
+    assert got["sibling"] == (pytest.approx(naive([0.8, 0.55, 0.1])), 3)
+    assert got["no sibling"] == (pytest.approx(naive([0.2, 0.6])), 2)  # a tie counts 1/2
+    none = domains.sibling_aurocs(known[:1], unknown[:1], ["obj1"], ["obj1", "obj2"])
+    assert none["sibling"] == (None, 0) and none["no sibling"][1] == 1
+    note = domains._sibling_note("m", "s", {"auroc": 0.5, "auroc_by_sibling": none})
+    assert "- against the 0 unknowns with a same-brand" in note
+    assert "against the 1 unknowns without a same-brand" in note
 
 
 def test_labels_of_coincident_points_are_moved_apart() -> None:
