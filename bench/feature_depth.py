@@ -1,19 +1,20 @@
 """Where in the backbone the generality lives: pooled features of several depths, and their mix.
 
     KERAS_HOME=../shared/keras python bench/feature_depth.py SOURCE [SOURCE ...] \\
-        [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] \\
-        [--layers block_12_add,block_14_add,block_15_add,block_16_project_BN,out_relu] \\
-        [--mix block_14_add] [--weights 0,0.1,0.2,0.3,0.5,0.8,1] [--cache runs/depth-cache] \\
+        [--data ../shared/data] [--sets grocery,coil-dev,grozi-dev] [--mix block_14_add] [--weights 0,0.1,0.2,0.3,0.5,0.8,1] [--cache runs/depth-cache] \\
         [--plot FILE.png]
 
 SOURCE is a RUN_DIR (a `training fit` or `generalise` run) or "imagenet" (the untrained
 backbone). For each source and set (a `protocol.json`, 4 enrollment shots per product) every
 image is resized as the device does (`device.preprocess.resize_rgb`), run through the Keras float
-backbone, and each named layer's feature map is average-pooled. Each layer's features are centred
+backbone, and the feature maps of five depths (LAYERS: blocks 12, 14, 15, 16 and the final
+`out_relu`) are average-pooled. Each layer's features are centred
 on the gallery's own mean (as the device centres, without the shipped prior) and scored alone:
 P@1 and leave-class-out AUROC. Then the final layer is mixed with `--mix`:
 
-    mixed = [ sqrt(1 - w) * unit(final - mu_final),  sqrt(w) * unit(mid - mu_mid) ]
+    mixed = [ sqrt(1 - w) * unit(unit(final) - mu_final),  sqrt(w) * unit(unit(mid) - mu_mid) ]
+
+(mu: the mean of the gallery's unit vectors of that layer)
 
 whose cosine is `(1 - w) * cos_final + w * cos_mid`, for each w of `--weights`.
 
@@ -90,15 +91,39 @@ def _layer_model(source: str) -> tuple[Any, int]:
     return keras.Model(inputs, outputs), int(extractor.input_shape[1])
 
 
+def _file_digest(path: Path) -> str:
+    h = hashlib.sha256()
+    with path.open("rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            h.update(chunk)
+    return h.hexdigest()
+
+
+def _cache_key(source: str, data: Path) -> str:
+    """What the features depend on: the model's weights file, the data folder and the layers
+    (a run retrained in place, or another --data, is not mistaken for the cached one)."""
+    if source == "imagenet":
+        model = "imagenet"  # the Keras application's fixed weights file
+    else:
+        run = Path(source)
+        model = _file_digest(run / "extractor.keras" if run.is_dir() else run)
+    parts = [model, str(data.resolve()), ",".join(LAYERS)]
+    return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
+
+
 def extract(source: str, data: Path, sets: list[str], cache: Path) -> dict[str, np.ndarray]:
-    """{f"{set}-{e|q}{x-LAYER|y}": array}, cached per source path and layers."""
-    key = hashlib.sha256(
-        f"{Path(source).resolve() if source != 'imagenet' else source}|{','.join(LAYERS)}".encode()
-    ).hexdigest()[:12]
+    """{f"{set}-{e|q}{x-LAYER|y}": array}, cached per model weights, data folder, set and
+    protocol file, and layers."""
+    key = _cache_key(source, data)
     out: dict[str, np.ndarray] = {}
     missing = []
+
+    def cache_file(name: str) -> Path:
+        protocol = _file_digest(data / name / "protocol.json")[:8]
+        return cache / f"{key}-{name}-{protocol}.npz"
+
     for name in sets:
-        path = cache / f"{key}-{name}.npz"
+        path = cache_file(name)
         if path.is_file():
             out.update(np.load(path))
         else:
@@ -107,6 +132,7 @@ def extract(source: str, data: Path, sets: list[str], cache: Path) -> dict[str, 
         return out
 
     from device.bundle import InputSpec
+    from device.files import atomic_path
     from device.images import load_image
     from device.preprocess import resize_rgb
     from training.protocol import read_protocol
@@ -135,7 +161,8 @@ def extract(source: str, data: Path, sets: list[str], cache: Path) -> dict[str, 
                 f"{time.monotonic() - started:.0f} s",
                 file=sys.stderr,
             )
-        np.savez(cache / f"{key}-{name}.npz", **part)
+        with atomic_path(cache_file(name)) as tmp, tmp.open("wb") as fh:
+            np.savez(fh, **part)  # whole or not at all: an interrupted run caches nothing
         out.update(part)
     return out
 
@@ -229,6 +256,11 @@ def main(argv: list[str] | None = None) -> int:
         p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
     if not weights or not all(0.0 <= w <= 1.0 for w in weights):
         p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
+    if not sets:
+        p.error("--sets names at least one set, e.g. grocery,coil-dev,grozi-dev")
+    for source in args.sources:
+        if source != "imagenet" and not (Path(source) / "extractor.keras").is_file():
+            p.error(f"{source} is not a RUN_DIR with an extractor.keras (or give imagenet)")
     for name in sets:
         if not (args.data / name / "protocol.json").is_file():
             p.error(f"no {args.data / name / 'protocol.json'}: give --data the folder of the sets")

@@ -129,3 +129,53 @@ def test_main_prints_one_row_per_layer_and_weight_and_rejects_bad_weights(
     with pytest.raises(SystemExit):
         fd.main(["imagenet", "--data", str(tmp_path), "--sets", "one,missing"])
     assert "missing" in capsys.readouterr().err
+
+
+def test_extract_caches_per_protocol_and_never_half_a_file(
+    fd: ModuleType, fixture_dir: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    from tests.eval.test_bench_domains import make_set
+
+    data = make_set(fixture_dir, tmp_path / "data")
+    cache = tmp_path / "cache"
+    calls: list[int] = []
+
+    def fake_model(x: np.ndarray, training: bool = False) -> list[np.ndarray]:
+        calls.append(len(x))
+        # One (N, 2, 2, C) map per layer, from the pixels: features that differ between images.
+        base = x.reshape(len(x), 2, x.shape[1] // 2, 2, x.shape[2] // 2, 3).mean(axis=(2, 4))
+        return [base * (i + 1) for i in range(len(fd.LAYERS))]
+
+    monkeypatch.setattr(fd, "_layer_model", lambda source: (fake_model, 32))
+    feats = fd.extract("imagenet", data, ["fix"], cache)
+    n_images = sum(calls)
+    proto = json.loads((data / "fix" / "protocol.json").read_text(encoding="utf-8"))
+    assert n_images == sum(len(v) for s in ("enroll", "query") for v in proto[s].values())
+    assert feats["fix-ex-out_relu"].shape == (len(feats["fix-ey"]), 3)
+    assert [p.name for p in cache.iterdir() if p.name.startswith(".")] == []  # no temp left
+    assert len(list(cache.glob("*-fix-*.npz"))) == 1
+
+    again = fd.extract("imagenet", data, ["fix"], cache)
+    assert sum(calls) == n_images  # from the cache
+    np.testing.assert_array_equal(again["fix-qx-block_14_add"], feats["fix-qx-block_14_add"])
+
+    # Another protocol in the same folder is another cache entry, not the old features.
+    first = next(iter(proto["query"]))
+    proto["query"][first] = proto["query"][first][:1]
+    (data / "fix" / "protocol.json").write_text(json.dumps(proto), encoding="utf-8")
+    fd.extract("imagenet", data, ["fix"], cache)
+    assert sum(calls) > n_images
+    assert len(list(cache.glob("*-fix-*.npz"))) == 2
+
+
+def test_main_checks_sources_and_sets_before_any_work(
+    fd: ModuleType, tmp_path: Path, capsys: pytest.CaptureFixture
+) -> None:
+    (tmp_path / "one").mkdir()
+    (tmp_path / "one" / "protocol.json").write_text("{}")
+    with pytest.raises(SystemExit):
+        fd.main([str(tmp_path / "no-run"), "--data", str(tmp_path), "--sets", "one"])
+    assert "not a RUN_DIR" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        fd.main(["imagenet", "--data", str(tmp_path), "--sets", ","])
+    assert "--sets names at least one set" in capsys.readouterr().err
