@@ -104,6 +104,7 @@ class Received:
     payload: bytes
     qos: int
     retain: bool
+    dup: bool = False  # the broker delivering again a QoS 1 message it had sent before
 
     def json(self) -> Any:
         return json.loads(self.payload)
@@ -140,7 +141,9 @@ class Subscriber:
 
         def on_message(client: Any, userdata: Any, msg: Any) -> None:
             with self.lock:
-                self.messages.append(Received(msg.topic, msg.payload, msg.qos, msg.retain))
+                self.messages.append(
+                    Received(msg.topic, msg.payload, msg.qos, msg.retain, bool(msg.dup))
+                )
 
         c.on_connect, c.on_subscribe, c.on_message = on_connect, on_subscribe, on_message
         c.connect("127.0.0.1", self.port, keepalive=10)

@@ -199,9 +199,58 @@ def test_sibling_aurocs_match_naive_pair_counts() -> None:
     assert got["no sibling"] == (pytest.approx(naive([0.2, 0.6])), 2)  # a tie counts 1/2
     none = domains.sibling_aurocs(known[:1], unknown[:1], ["obj1"], ["obj1", "obj2"])
     assert none["sibling"] == (None, 0) and none["no sibling"][1] == 1
-    note = domains._sibling_note("m", "s", {"auroc": 0.5, "auroc_by_sibling": none})
-    assert "- against the 0 unknowns with a same-brand" in note
-    assert "against the 1 unknowns without a same-brand" in note
+    r = {
+        "auroc": 0.5,
+        "auroc_by_sibling": none,
+        "false_accept_by_sibling": {"sibling": None, "no sibling": 0.25},
+        "no_sibling_hindsight": (0.75, 0.6),
+    }
+    note = domains._sibling_note("m", "s", r)
+    assert "- against the 0 unknowns with a same-brand product enrolled," in note
+    assert "against the 1 unknowns without a same-brand product enrolled (25.0% false" in note
+    assert "alone: 0.750 accepted-and-right at <= 2% false accepts (threshold 0.600)" in note
+
+
+def test_sibling_split_of_false_accepts_and_hindsight_on_hand_made_embeddings() -> None:
+    import numpy as np
+
+    from device.adaptation import Centring
+    from device.matching import MatchingPolicy
+
+    domains = load_domains()
+    policy = MatchingPolicy(Centring.none(), None, 0.01, None, fixed_threshold=0.5)
+    a1, a2, b1 = np.eye(3, dtype=np.float32)
+    names = np.array(["A-1", "A-2", "B-1"])
+    enroll = domains.Split(names, np.stack([a1, a2, b1]))
+    # A-1's queries lean towards their sibling A-2; B-1's are alone in their brand.
+    raw = [a1 + 0.8 * a2, a1 + 0.2 * a2, a2 + 0.1 * b1, b1 + 0.3 * a1, b1 + 0.9 * a2]
+    queries = np.stack([q / np.linalg.norm(q) for q in raw]).astype(np.float32)
+    labels = np.array(["A-1", "A-1", "A-2", "B-1", "B-1"])
+    r = domains.evaluate_all(policy, enroll, domains.Split(labels, queries))
+    # Naive: each query's best cosine to the other products' views, and its best cosine overall.
+    views = {"A-1": a1, "A-2": a2, "B-1": b1}
+    unknown = np.array(
+        [
+            max(float(q @ v) for n, v in views.items() if n != lab)
+            for q, lab in zip(queries, labels, strict=True)
+        ]
+    )
+    known = np.array([max(float(q @ v) for v in views.values()) for q in queries])
+    right = np.array(
+        [
+            max(views, key=lambda n: float(q @ views[n])) == lab
+            for q, lab in zip(queries, labels, strict=True)
+        ]
+    )
+    sib = np.array([True, True, True, False, False])
+    assert r["false_accept_by_sibling"]["sibling"] == pytest.approx(np.mean(unknown[sib] >= 0.5))
+    assert r["false_accept_by_sibling"]["no sibling"] == pytest.approx(
+        np.mean(unknown[~sib] >= 0.5)
+    )
+    # 2 unknowns without a sibling: 2% allows none, so the threshold is just above the higher.
+    ar, t = r["no_sibling_hindsight"]
+    assert t == pytest.approx(unknown[~sib].max(), abs=1e-6) and t > unknown[~sib].max()
+    assert ar == pytest.approx(np.mean(right & (known >= t)))
 
 
 def test_labels_of_coincident_points_are_moved_apart() -> None:
