@@ -1,0 +1,182 @@
+"""A colour histogram beside the model's embedding: does it help on every product domain?
+
+    python bench/colour_mix.py BUNDLE [BUNDLE ...] [--data ../shared/data]
+        [--sets grocery,coil-dev,grozi-dev] [--weights 0,0.05,0.1,0.2,0.3]
+        [--cache runs/domain-cache] [--training-check ../shared/data/grocery]
+
+For each bundle and set, the int8 embeddings of the device's `Embedder` (bench/domains.py's
+cache) are mixed with a 4x4x4 colour histogram of the same image (`colour_histogram`: the image
+shrunk to 112 px, square roots of the bin shares, so a unit vector; cheap on a Pi), each part
+centred on the gallery's own mean:
+
+    mixed = [ sqrt(1 - w) * unit(unit(emb) - mu_emb),  sqrt(w) * unit(hist - mu_hist) ]
+
+whose cosine is `(1 - w) * cos_model + w * cos_colour`. P@1 and leave-class-out AUROC per w.
+
+`--training-check GROCERY` does the same on the grocery *training* classes (enrollment: the first
+4 `train/` photos of each class with `val/` photos; queries: its `val/` photos): the only data a
+weight may be chosen on. The fine-tuned model has seen those classes, so that check is biased
+towards the model's own features.
+
+An experiment, not a device step: the device matches the model's embedding only. coil-dev and
+grozi-dev are evaluation data: a weight read off their rows and shipped would be chosen on them.
+"""
+
+from __future__ import annotations
+
+import argparse
+import hashlib
+import shlex
+import sys
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from feature_depth import centre_on_gallery, mix, score  # noqa: E402
+
+from device.images import load_image  # noqa: E402
+
+SETS = ("grocery", "coil-dev", "grozi-dev")
+WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3)
+BINS = 4
+SIZE = 112
+SHOTS = 4
+
+
+def colour_histogram(image_bgr: np.ndarray, bins: int = BINS, size: int = SIZE) -> np.ndarray:
+    """(bins**3,) float32 unit vector: square roots of the shares of the image's pixels in each
+    joint B, G, R bin (equal-width bins over 0-255), the image first shrunk to size x size."""
+    import cv2
+
+    small = cv2.resize(image_bgr, (size, size), interpolation=cv2.INTER_AREA)
+    hist = cv2.calcHist([small], [0, 1, 2], None, [bins] * 3, [0, 256] * 3).ravel()
+    return np.sqrt(hist / hist.sum()).astype(np.float32)
+
+
+def _histograms(files: list[Path]) -> np.ndarray:
+    return np.stack([colour_histogram(load_image(f)) for f in files])
+
+
+def _protocol_histograms(data: Path, name: str, cache: Path) -> tuple[np.ndarray, np.ndarray]:
+    """(enrollment, query) histograms in the protocol's order (bench/domains.py's order)."""
+    from training.protocol import read_protocol
+
+    path = data / name / "protocol.json"
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    cached = cache / f"colour-b{BINS}-s{SIZE}-{name}-{digest}.npz"
+    if cached.is_file():
+        z = np.load(cached)
+        return z["e"], z["q"]
+    proto = read_protocol(path)
+    e = _histograms([f for fs in proto.enroll.values() for f in fs])
+    q = _histograms([f for fs in proto.query.values() for f in fs])
+    cache.mkdir(parents=True, exist_ok=True)
+    from device.files import atomic_path
+
+    with atomic_path(cached) as tmp, tmp.open("wb") as fh:
+        np.savez(fh, e=e, q=q)
+    return e, q
+
+
+def evaluate(
+    emb: tuple[np.ndarray, np.ndarray],
+    hist: tuple[np.ndarray, np.ndarray],
+    labels: tuple[np.ndarray, np.ndarray],
+    weights: list[float],
+) -> dict[float, tuple[float, float]]:
+    """{w: (P@1, AUROC)} of the model's embedding mixed with the colour histogram at w."""
+    (ee, qe), (eh, qh) = centre_on_gallery(*emb), centre_on_gallery(*hist)
+    ey, qy = labels
+    return {w: score(mix(ee, eh, w), ey, mix(qe, qh, w), qy) for w in weights}
+
+
+def training_split(grocery: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
+    """The grocery training classes as a protocol: first SHOTS train/ photos, val/ queries."""
+    import json
+
+    from device.images import list_images
+
+    classes = json.loads((grocery / "protocol.json").read_text(encoding="utf-8"))["train_classes"]
+    ef, ey, qf, qy = [], [], [], []
+    for c in sorted(classes):
+        val = list_images(grocery / "val" / c) if (grocery / "val" / c).is_dir() else []
+        if not val:
+            continue
+        shots = sorted(list_images(grocery / "train" / c))[:SHOTS]
+        ef += shots
+        ey += [c] * len(shots)
+        qf += val
+        qy += [c] * len(val)
+    return ef, np.array(ey), qf, np.array(qy)
+
+
+def _table(rows: dict[str, dict[float, tuple[float, float]]], weights: list[float]) -> list[str]:
+    names = list(rows)
+    out = [
+        "| w | " + " | ".join(f"{n} P@1 / AUROC" for n in names) + " |",
+        "|---|" + "---|" * len(names),
+    ]
+    for w in weights:
+        cells = " | ".join(f"{rows[n][w][0]:.3f} / {rows[n][w][1]:.3f}" for n in names)
+        out.append(f"| {w:g} | {cells} |")
+    return out
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
+    p.add_argument("bundles", nargs="+", type=Path)
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--sets", default=",".join(SETS))
+    p.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
+    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
+    p.add_argument("--training-check", type=Path, metavar="GROCERY")
+    args = p.parse_args(argv)
+    sets = [s for s in args.sets.split(",") if s]
+    try:
+        weights = [float(w) for w in args.weights.split(",") if w]
+    except ValueError:
+        weights = []
+    if not weights or not all(0.0 <= w <= 1.0 for w in weights):
+        p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
+    if not sets:
+        p.error("--sets names at least one set")
+    for name in sets:
+        if not (args.data / name / "protocol.json").is_file():
+            p.error(f"no {args.data / name / 'protocol.json'}: give --data the folder of the sets")
+    if args.training_check and not (args.training_check / "protocol.json").is_file():
+        p.error(
+            f"--training-check takes the grocery folder (with protocol.json): {args.training_check}"
+        )
+
+    import domains  # bench/domains.py: the device's embeddings, cached
+
+    print(f"`python bench/colour_mix.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
+    hists = {name: _protocol_histograms(args.data, name, args.cache) for name in sets}
+    for bundle in args.bundles:
+        rows = {}
+        for name in sets:
+            enroll, query = domains.embed_set(bundle, args.data, name, args.cache)
+            rows[name] = evaluate(
+                (enroll.emb, query.emb), hists[name], (enroll.labels, query.labels), weights
+            )
+        if args.training_check:
+            from device.embedder import Embedder
+
+            ef, ey, qf, qy = training_split(args.training_check)
+            with Embedder(bundle) as embedder:
+                ee = np.stack([embedder.embed(load_image(f)) for f in ef])
+                qe = np.stack([embedder.embed(load_image(f)) for f in qf])
+            rows["grocery training classes (val/)"] = evaluate(
+                (ee, qe), (_histograms(ef), _histograms(qf)), (ey, qy), weights
+            )
+        print(f"\n`{bundle}` (w: the colour histogram's weight):\n")
+        print("\n".join(_table(rows, weights)))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

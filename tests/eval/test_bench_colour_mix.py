@@ -1,0 +1,76 @@
+"""bench/colour_mix.py: the histogram against a naive numpy reference, and the script end to end on
+a protocol made from the test fixture with the shipped bundle (no TensorFlow needed)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from types import ModuleType
+
+import numpy as np
+import pytest
+
+from tests.eval.test_bench_domains import make_set
+from tests.scripts import load_script
+
+
+@pytest.fixture(scope="module")
+def cm() -> ModuleType:
+    return load_script("bench/colour_mix.py", "bench_colour_mix")
+
+
+def test_histogram_matches_naive_bin_counts(cm: ModuleType) -> None:
+    rng = np.random.default_rng(0)
+    image = rng.integers(0, 256, size=(8, 8, 3), dtype=np.uint8)
+    image[0, 0] = (0, 63, 64)  # bin edges: 63 is in bin 0, 64 in bin 1 (4 bins of 64 levels)
+    image[0, 1] = (255, 192, 191)
+    got = cm.colour_histogram(image, bins=4, size=8)  # no resize: the pixels as they are
+    counts = np.zeros(64)
+    for b, g, r in image.reshape(-1, 3).astype(int):
+        counts[(b // 64) * 16 + (g // 64) * 4 + r // 64] += 1
+    np.testing.assert_allclose(got, np.sqrt(counts / counts.sum()), rtol=1e-6)
+    assert np.linalg.norm(got) == pytest.approx(1.0, abs=1e-6)
+    assert got[0 * 16 + 0 * 4 + 1] > 0  # (0, 63, 64): B bin 0, G bin 0, R bin 1
+    assert got[3 * 16 + 3 * 4 + 2] > 0  # (255, 192, 191): B 3, G 3, R 2
+
+
+def test_weight_zero_is_the_model_alone_and_one_the_colour_alone(cm: ModuleType) -> None:
+    rng = np.random.default_rng(1)
+    ey, qy = np.repeat(["a", "b", "c"], 2), np.array(["a", "b", "c", "c"])
+    emb = (rng.normal(size=(6, 5)), rng.normal(size=(4, 5)))
+    hist = (rng.uniform(size=(6, 8)), rng.uniform(size=(4, 8)))
+    got = cm.evaluate(emb, hist, (ey, qy), [0.0, 1.0])
+    e, q = cm.centre_on_gallery(*emb)
+    assert got[0.0] == pytest.approx(cm.score(e, ey, q, qy))
+    e, q = cm.centre_on_gallery(*hist)
+    assert got[1.0] == pytest.approx(cm.score(e, ey, q, qy))
+
+
+def test_end_to_end_with_the_training_check(
+    cm: ModuleType,
+    default_bundle_dir: Path,
+    fixture_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    data = make_set(fixture_dir, tmp_path / "data")
+    grocery = tmp_path / "grocery"
+    grocery.mkdir()
+    (grocery / "train").symlink_to(fixture_dir / "train")
+    (grocery / "val").symlink_to(fixture_dir / "test")
+    classes = sorted(p.name for p in (fixture_dir / "train").iterdir())
+    (grocery / "protocol.json").write_text(json.dumps({"train_classes": classes[:3]}))
+    ef, ey, qf, qy = cm.training_split(grocery)
+    assert sorted(set(ey)) == classes[:3] and len(ef) == sum(
+        min(4, len(list((fixture_dir / "train" / c).iterdir()))) for c in classes[:3]
+    )
+    assert len(qf) == len(qy) and set(qy) == set(ey)
+
+    argv = [str(default_bundle_dir), "--data", str(data), "--sets", "fix", "--weights", "0,0.5",
+            "--cache", str(tmp_path / "cache"), "--training-check", str(grocery)]  # fmt: skip
+    assert cm.main(argv) == 0
+    rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 2 and all(len(r.split(" | ")) == 3 for r in rows)
+    assert len(list((tmp_path / "cache").glob("colour-*-fix-*.npz"))) == 1
+    with pytest.raises(SystemExit):
+        cm.main([*argv[:6], "0,2"])
