@@ -2,7 +2,7 @@
 
     python bench/colour_mix.py BUNDLE [BUNDLE ...] [--data ../shared/data]
         [--sets grocery,coil-dev,grozi-dev] [--weights 0,0.05,0.1,0.2,0.3]
-        [--cache runs/domain-cache] [--training-check ../shared/data/grocery]
+        [--cache runs/domain-cache] [--training-check ../shared/data/grocery] [--summary]
 
 For each bundle and set, the int8 embeddings of the device's `Embedder` (bench/domains.py's
 cache) are mixed with a 4x4x4 colour histogram of the same image (`colour_histogram`: the image
@@ -126,6 +126,41 @@ def _table(rows: dict[str, dict[float, tuple[float, float]]], weights: list[floa
     return out
 
 
+def summary(
+    results: dict[str, dict[str, dict[float, tuple[float, float]]]], weights: list[float]
+) -> list[str]:
+    """Per weight and set: min / median / max change from w = 0 over the bundles, P@1 and AUROC,
+    and how many bundles gain (or hold) on every set."""
+    names = list(next(iter(results.values())))
+    out = [
+        "| w | set | P@1 change: min / median / max | AUROC change: min / median / max |",
+        "|---|---|---|---|",
+    ]
+    for w in weights:
+        if w == 0.0:
+            continue
+        for name in names:
+            cells = []
+            for k in (0, 1):
+                d = np.array([r[name][w][k] - r[name][0.0][k] for r in results.values()])
+                cells.append(f"{d.min():+.3f} / {np.median(d):+.3f} / {d.max():+.3f}")
+            out.append(f"| {w:g} | {name} | {cells[0]} | {cells[1]} |")
+    sets = [n for n in names if "training" not in n]
+    for w in weights:
+        if w == 0.0:
+            continue
+        holds = [
+            all(r[n][w][k] >= r[n][0.0][k] for n in sets) for r in results.values() for k in (0, 1)
+        ]
+        p1, au = holds[0::2], holds[1::2]
+        out.append(
+            f"\nw = {w:g}: of {len(results)} bundles, P@1 equal or higher on every set "
+            f"({', '.join(sets)}) for {sum(p1)}, AUROC for {sum(au)}, both for "
+            f"{sum(a and b for a, b in zip(p1, au, strict=True))}."
+        )
+    return out
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("bundles", nargs="+", type=Path)
@@ -134,6 +169,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
     p.add_argument("--training-check", type=Path, metavar="GROCERY")
+    p.add_argument(
+        "--summary",
+        action="store_true",
+        help="also print, per weight and set, the change from w = 0 over all the bundles",
+    )
     args = p.parse_args(argv)
     sets = [s for s in args.sets.split(",") if s]
     try:
@@ -155,7 +195,10 @@ def main(argv: list[str] | None = None) -> int:
     import domains  # bench/domains.py: the device's embeddings, cached
 
     print(f"`python bench/colour_mix.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
+    if args.summary and 0.0 not in weights:
+        p.error("--summary compares with w = 0: include 0 in --weights")
     hists = {name: _protocol_histograms(args.data, name, args.cache) for name in sets}
+    results: dict[str, dict[str, dict[float, tuple[float, float]]]] = {}
     for bundle in args.bundles:
         rows = {}
         for name in sets:
@@ -173,8 +216,12 @@ def main(argv: list[str] | None = None) -> int:
             rows["grocery training classes (val/)"] = evaluate(
                 (ee, qe), (_histograms(ef), _histograms(qf)), (ey, qy), weights
             )
+        results[str(bundle)] = rows
         print(f"\n`{bundle}` (w: the colour histogram's weight):\n")
         print("\n".join(_table(rows, weights)))
+    if args.summary:
+        print(f"\nOver the {len(results)} bundles, the change from w = 0:\n")
+        print("\n".join(summary(results, weights)))
     return 0
 
 

@@ -74,3 +74,29 @@ def test_end_to_end_with_the_training_check(
     assert len(list((tmp_path / "cache").glob("colour-*-fix-*.npz"))) == 1
     with pytest.raises(SystemExit):
         cm.main([*argv[:6], "0,2"])
+
+
+def test_summary_counts_and_spreads_against_hand_made_results(cm: ModuleType) -> None:
+    results = {
+        "m1": {n: {0.0: v0, 0.1: v1} for n, v0, v1 in zip(
+            ["g", "z", "grocery training classes (val/)"],
+            [(0.90, 0.80), (0.90, 0.90), (0.5, 0.5)],
+            [(0.92, 0.81), (0.91, 0.90), (0.4, 0.6)], strict=True)},
+        "m2": {n: {0.0: v0, 0.1: v1} for n, v0, v1 in zip(
+            ["g", "z", "grocery training classes (val/)"],
+            [(0.90, 0.80), (0.90, 0.90), (0.5, 0.5)],
+            [(0.89, 0.85), (0.95, 0.91), (0.6, 0.4)], strict=True)},
+        "m3": {n: {0.0: v0, 0.1: v1} for n, v0, v1 in zip(
+            ["g", "z", "grocery training classes (val/)"],
+            [(0.90, 0.80), (0.90, 0.90), (0.5, 0.5)],
+            [(0.90, 0.79), (0.93, 0.95), (0.5, 0.5)], strict=True)},
+    }  # fmt: skip
+    lines = cm.summary(results, [0.0, 0.1])
+    g = next(line for line in lines if line.startswith("| 0.1 | g |"))
+    assert "-0.010 / +0.000 / +0.020" in g  # P@1 changes -0.01, +0.02, 0.00
+    assert "-0.010 / +0.010 / +0.050" in g  # AUROC changes +0.01, +0.05, -0.01
+    # The training check is summarised but not counted: m1 holds P@1 and AUROC on g and z,
+    # m2 only AUROC, m3 only P@1.
+    assert lines[-1].endswith(
+        "P@1 equal or higher on every set (g, z) for 2, AUROC for 2, both for 1."
+    )
