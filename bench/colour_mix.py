@@ -25,7 +25,6 @@ grozi-dev are evaluation data: a weight read off their rows and shipped would be
 from __future__ import annotations
 
 import argparse
-import hashlib
 import shlex
 import sys
 from pathlib import Path
@@ -38,6 +37,7 @@ sys.path.insert(0, str(ROOT / "bench"))
 
 from feature_depth import centre_on_gallery, mix, score  # noqa: E402
 
+from device.bundle import sha256_file  # noqa: E402
 from device.images import load_image  # noqa: E402
 
 SETS = ("grocery", "coil-dev", "grozi-dev")
@@ -66,7 +66,7 @@ def _protocol_histograms(data: Path, name: str, cache: Path) -> tuple[np.ndarray
     from training.protocol import read_protocol
 
     path = data / name / "protocol.json"
-    digest = hashlib.sha256(path.read_bytes()).hexdigest()[:8]
+    digest = sha256_file(path)[:8]
     cached = cache / f"colour-b{BINS}-s{SIZE}-{name}-{digest}.npz"
     if cached.is_file():
         z = np.load(cached)

@@ -40,6 +40,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device.adaptation import centre_vector  # noqa: E402
+from device.bundle import sha256_file  # noqa: E402
 from device.vectors import centre  # noqa: E402
 from training.metrics import p_at_1_and_auroc, product_scores, similarity  # noqa: E402
 
@@ -91,14 +92,6 @@ def _layer_model(source: str) -> tuple[Any, int]:
     return keras.Model(inputs, outputs), int(extractor.input_shape[1])
 
 
-def _file_digest(path: Path) -> str:
-    h = hashlib.sha256()
-    with path.open("rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            h.update(chunk)
-    return h.hexdigest()
-
-
 def _cache_key(source: str, data: Path) -> str:
     """What the features depend on: the model's weights file, the data folder and the layers
     (a run retrained in place, or another --data, is not mistaken for the cached one)."""
@@ -106,7 +99,7 @@ def _cache_key(source: str, data: Path) -> str:
         model = "imagenet"  # the Keras application's fixed weights file
     else:
         run = Path(source)
-        model = _file_digest(run / "extractor.keras" if run.is_dir() else run)
+        model = sha256_file(run / "extractor.keras" if run.is_dir() else run)
     parts = [model, str(data.resolve()), ",".join(LAYERS)]
     return hashlib.sha256("|".join(parts).encode()).hexdigest()[:16]
 
@@ -119,7 +112,7 @@ def extract(source: str, data: Path, sets: list[str], cache: Path) -> dict[str, 
     missing = []
 
     def cache_file(name: str) -> Path:
-        protocol = _file_digest(data / name / "protocol.json")[:8]
+        protocol = sha256_file(data / name / "protocol.json")[:8]
         return cache / f"{key}-{name}-{protocol}.npz"
 
     for name in sets:
