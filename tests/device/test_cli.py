@@ -2,12 +2,14 @@
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import signal
 import subprocess
 import sys
 import threading
+import time
 import types
 from pathlib import Path
 
@@ -185,6 +187,7 @@ class Reader:
 def fake_cli(*args: str, hold_at: int = 0, **kw) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     env["PRODREC_TEST_HOLD_AT"] = str(hold_at)
+    env["PYTHONFAULTHANDLER"] = "1"  # SIGABRT dumps every thread's stack (see exit_code)
     return subprocess.Popen(
         [sys.executable, "-m", "tests.device.fake_cli", *args],
         cwd=ROOT,
@@ -195,6 +198,22 @@ def fake_cli(*args: str, hold_at: int = 0, **kw) -> subprocess.Popen:
         stderr=subprocess.PIPE,
         **kw,
     )
+
+
+def exit_code(proc: subprocess.Popen, err: Reader, timeout: float = 30) -> int:
+    """proc's exit code; if it hangs, its threads' stacks (faulthandler on SIGABRT) in the
+    failure, to say where."""
+    try:
+        return proc.wait(timeout)
+    except subprocess.TimeoutExpired as exc:
+        proc.send_signal(signal.SIGABRT)
+        with contextlib.suppress(subprocess.TimeoutExpired):
+            proc.wait(5)
+        proc.kill()
+        time.sleep(0.5)  # let the reader thread take the last of stderr
+        raise AssertionError(
+            f"no exit {timeout:g} s after the signal; its stderr:\n{err.text}"
+        ) from exc
 
 
 def test_sigterm_during_enrollment_stores_nothing(
@@ -217,7 +236,7 @@ def test_sigterm_during_enrollment_stores_nothing(
     err.wait_for("view 1/4 taken")
     err.wait_for("[2/4]")  # now at the console prompt for view 2
     proc.send_signal(signal.SIGTERM)
-    assert proc.wait(30) == 130
+    assert exit_code(proc, err) == 130
     err.wait_for("nothing was stored")
     with Gallery(db) as g:
         assert len(g) == 0 and g.conn.execute("SELECT COUNT(*) FROM views").fetchone()[0] == 0
@@ -240,7 +259,7 @@ def test_sigterm_stops_run_cleanly(tmp_path: Path, config_file: Path) -> None:
     err.wait_for("test: holding the source")
     proc.send_signal(signal.SIGTERM)
     out = proc.stdout.read()
-    assert proc.wait(30) == 0, err.text
+    assert exit_code(proc, err) == 0, err.text
     assert "signal 15: stopping" in err.text and "Traceback" not in err.text
     # Stopped exactly there: one event printed, and its row written before the exit.
     (line,) = out.splitlines()
