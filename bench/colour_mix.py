@@ -2,7 +2,8 @@
 
     python bench/colour_mix.py BUNDLE [BUNDLE ...] [--data ../shared/data]
         [--sets grocery,coil-dev,grozi-dev] [--weights 0,0.05,0.1,0.2,0.3]
-        [--cache runs/domain-cache] [--training-check ../shared/data/grocery] [--summary]
+        [--cache runs/domain-cache] [--training-check ../shared/data/grocery]
+        [--choose-on FOLD] [--summary]
 
 For each bundle and set, the int8 embeddings of the device's `Embedder` (bench/domains.py's
 cache) are mixed with a 4x4x4 colour histogram of the same image (`colour_histogram`: the image
@@ -17,6 +18,13 @@ whose cosine is `(1 - w) * cos_model + w * cos_colour`. P@1 and leave-class-out 
 4 `train/` photos of each class with `val/` photos; queries: its `val/` photos): the only data a
 weight may be chosen on. The fine-tuned model has seen those classes, so that check is biased
 towards the model's own features.
+
+`--choose-on FOLD` is the unbiased version: FOLD is an inner fold of the grocery training classes
+(`bench/inner_fold.py`: a protocol folder whose queries are products the bundles given were not
+trained on), scored like the sets and not counted among them; the weight with the highest P@1 +
+AUROC there (the smaller on a tie; the rule fixed before the fold was first measured) is printed
+for each bundle. Those products are new to the model and from the training data's domain, so a
+weight may be chosen there and applied unchanged to a model trained on every class.
 
 An experiment, not a device step: the device matches the model's embedding only. coil-dev and
 grozi-dev are evaluation data: a weight read off their rows and shipped would be chosen on them.
@@ -35,16 +43,18 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "bench"))
 
+import domains  # noqa: E402  # bench/domains.py: the device's embeddings, cached
 from feature_depth import centre_on_gallery, mix, score  # noqa: E402
 
 from device.bundle import sha256_file  # noqa: E402
 from device.images import load_image  # noqa: E402
 
-SETS = ("grocery", "coil-dev", "grozi-dev")
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3)
 BINS = 4
 SIZE = 112
 SHOTS = 4
+TRAINING_ROW = "grocery training classes (val/)"
+FOLD_ROW = "inner fold (choose on)"
 
 
 def colour_histogram(image_bgr: np.ndarray, bins: int = BINS, size: int = SIZE) -> np.ndarray:
@@ -114,6 +124,25 @@ def training_split(grocery: Path) -> tuple[list[Path], np.ndarray, list[Path], n
     return ef, np.array(ey), qf, np.array(qy)
 
 
+def _check_rows(
+    bundle: Path, split: tuple[list[Path], np.ndarray, list[Path], np.ndarray], weights: list[float]
+) -> dict[float, tuple[float, float]]:
+    """The training check's rows (its images are not in any protocol, so not cached)."""
+    from device.embedder import Embedder
+
+    ef, ey, qf, qy = split
+    with Embedder(bundle) as embedder:
+        ee = np.stack([embedder.embed(load_image(f)) for f in ef])
+        qe = np.stack([embedder.embed(load_image(f)) for f in qf])
+    return evaluate((ee, qe), (_histograms(ef), _histograms(qf)), (ey, qy), weights)
+
+
+def choose_weight(rows: dict[float, tuple[float, float]]) -> float:
+    """The rule fixed before the fold was measured: the w with the highest P@1 + AUROC, the
+    smaller w on a tie."""
+    return min(rows, key=lambda w: (-(rows[w][0] + rows[w][1]), w))
+
+
 def _table(rows: dict[str, dict[float, tuple[float, float]]], weights: list[float]) -> list[str]:
     names = list(rows)
     out = [
@@ -145,7 +174,7 @@ def summary(
                 d = np.array([r[name][w][k] - r[name][0.0][k] for r in results.values()])
                 cells.append(f"{d.min():+.3f} / {np.median(d):+.3f} / {d.max():+.3f}")
             out.append(f"| {w:g} | {name} | {cells[0]} | {cells[1]} |")
-    sets = [n for n in names if "training" not in n]
+    sets = [n for n in names if n not in (TRAINING_ROW, FOLD_ROW)]  # checks are not sets
     for w in weights:
         if w == 0.0:
             continue
@@ -164,35 +193,35 @@ def summary(
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("bundles", nargs="+", type=Path)
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--sets", default=",".join(SETS))
+    domains.add_set_arguments(p)
     p.add_argument("--weights", default=",".join(f"{w:g}" for w in WEIGHTS))
-    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
     p.add_argument("--training-check", type=Path, metavar="GROCERY")
+    p.add_argument(
+        "--choose-on",
+        type=Path,
+        metavar="FOLD",
+        help="also score an inner fold (bench/inner_fold.py; the bundles trained without its "
+        "queries' products) and print the weight it chooses",
+    )
     p.add_argument(
         "--summary",
         action="store_true",
         help="also print, per weight and set, the change from w = 0 over all the bundles",
     )
     args = p.parse_args(argv)
-    sets = [s for s in args.sets.split(",") if s]
+    sets = domains.checked_sets(p, args)
     try:
         weights = [float(w) for w in args.weights.split(",") if w]
     except ValueError:
         weights = []
     if not weights or not all(0.0 <= w <= 1.0 for w in weights):
         p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
-    if not sets:
-        p.error("--sets names at least one set")
-    for name in sets:
-        if not (args.data / name / "protocol.json").is_file():
-            p.error(f"no {args.data / name / 'protocol.json'}: give --data the folder of the sets")
+    if args.choose_on and not (args.choose_on / "protocol.json").is_file():
+        p.error(f"--choose-on takes an inner fold's folder (bench/inner_fold.py): {args.choose_on}")
     if args.training_check and not (args.training_check / "protocol.json").is_file():
         p.error(
             f"--training-check takes the grocery folder (with protocol.json): {args.training_check}"
         )
-
-    import domains  # bench/domains.py: the device's embeddings, cached
 
     print(f"`python bench/colour_mix.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
     if args.summary and 0.0 not in weights:
@@ -207,18 +236,21 @@ def main(argv: list[str] | None = None) -> int:
                 (enroll.emb, query.emb), hists[name], (enroll.labels, query.labels), weights
             )
         if args.training_check:
-            from device.embedder import Embedder
-
-            ef, ey, qf, qy = training_split(args.training_check)
-            with Embedder(bundle) as embedder:
-                ee = np.stack([embedder.embed(load_image(f)) for f in ef])
-                qe = np.stack([embedder.embed(load_image(f)) for f in qf])
-            rows["grocery training classes (val/)"] = evaluate(
-                (ee, qe), (_histograms(ef), _histograms(qf)), (ey, qy), weights
+            rows[TRAINING_ROW] = _check_rows(bundle, training_split(args.training_check), weights)
+        if args.choose_on:
+            fold = args.choose_on.resolve()
+            enroll, query = domains.embed_set(bundle, fold.parent, fold.name, args.cache)
+            rows[FOLD_ROW] = evaluate(
+                (enroll.emb, query.emb),
+                _protocol_histograms(fold.parent, fold.name, args.cache),
+                (enroll.labels, query.labels),
+                weights,
             )
         results[str(bundle)] = rows
         print(f"\n`{bundle}` (w: the colour histogram's weight):\n")
         print("\n".join(_table(rows, weights)))
+        if FOLD_ROW in rows:
+            print(f"\nThe inner fold chooses w = {choose_weight(rows[FOLD_ROW]):g}.")
     if args.summary:
         print(f"\nOver the {len(results)} bundles, the change from w = 0:\n")
         print("\n".join(summary(results, weights)))

@@ -267,13 +267,29 @@ def _commit() -> str:
         return "unknown"
 
 
+def add_set_arguments(p: argparse.ArgumentParser) -> None:
+    """--data, --sets and --cache, as every script that scores bundles on the sets takes them."""
+    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
+    p.add_argument("--sets", default=",".join(SETS), help="protocol folders in --data")
+    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
+
+
+def checked_sets(p: argparse.ArgumentParser, args: argparse.Namespace) -> list[str]:
+    """--sets as a list, each a folder of --data with a protocol.json (else a usage error)."""
+    sets = [s for s in args.sets.split(",") if s]
+    if not sets:
+        p.error("--sets names at least one set")
+    for name in sets:
+        if not (args.data / name / "protocol.json").is_file():
+            p.error(f"no {args.data / name / 'protocol.json'}: give --data the folder of the sets")
+    return sets
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("bundles", nargs="+", type=Path, help="model bundles to measure")
     p.add_argument("--reference", type=Path, help="the ImageNet-features bundle")
-    p.add_argument("--data", type=Path, default=ROOT.parent / "shared" / "data")
-    p.add_argument("--sets", default=",".join(SETS))
-    p.add_argument("--cache", type=Path, default=ROOT / "runs" / "domain-cache")
+    add_set_arguments(p)
     p.add_argument("--row", action="store_true", help="append the tables to docs/BENCHMARKS.md")
     p.add_argument(
         "--exposure-gain",
@@ -305,7 +321,7 @@ def main(argv: list[str] | None = None) -> int:
     args = p.parse_args(argv)
     if args.false_accepts < 0:
         p.error(f"--false-accepts takes a count of pairs >= 0, got {args.false_accepts}")
-    sets = [s for s in args.sets.split(",") if s]
+    sets = checked_sets(p, args)
     plot_sets = args.plot_sets.split(",")
     if args.plot:
         if len(plot_sets) != 2 or not set(plot_sets) <= set(sets):

@@ -42,3 +42,11 @@ def trees(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
         "unknown": _link_tree(root / "unknown", FIXTURE / "test", unknown),
         "data": _link_tree(root / "data" / "val", FIXTURE / "test", classes).parent,
     }
+
+
+@pytest.fixture
+def sets_dir(fixture_dir: Path, tmp_path: Path) -> Path:
+    """A --data folder with one product set, `fix` (bench/domains.py's test protocol)."""
+    from tests.eval.test_bench_domains import make_set
+
+    return make_set(fixture_dir, tmp_path / "data")

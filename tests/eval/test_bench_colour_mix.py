@@ -10,7 +10,6 @@ from types import ModuleType
 import numpy as np
 import pytest
 
-from tests.eval.test_bench_domains import make_set
 from tests.scripts import load_script
 
 
@@ -49,11 +48,12 @@ def test_weight_zero_is_the_model_alone_and_one_the_colour_alone(cm: ModuleType)
 def test_end_to_end_with_the_training_check(
     cm: ModuleType,
     default_bundle_dir: Path,
+    sets_dir: Path,
     fixture_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    data = make_set(fixture_dir, tmp_path / "data")
+    data = sets_dir
     grocery = tmp_path / "grocery"
     grocery.mkdir()
     (grocery / "train").symlink_to(fixture_dir / "train")
@@ -100,3 +100,38 @@ def test_summary_counts_and_spreads_against_hand_made_results(cm: ModuleType) ->
     assert lines[-1].endswith(
         "P@1 equal or higher on every set (g, z) for 2, AUROC for 2, both for 1."
     )
+
+
+def test_summary_leaves_the_inner_fold_out_of_the_count(cm: ModuleType) -> None:
+    base = {"g": {0.0: (0.9, 0.8), 0.1: (0.91, 0.81)}}
+    results = {"m": {**base, cm.FOLD_ROW: {0.0: (0.5, 0.5), 0.1: (0.1, 0.1)}}}
+    assert cm.summary(results, [0.0, 0.1])[-1].endswith("(g) for 1, AUROC for 1, both for 1.")
+
+
+def test_choose_weight_takes_the_best_sum_and_the_smaller_weight_on_a_tie(cm: ModuleType) -> None:
+    assert cm.choose_weight({0.0: (0.9, 0.8), 0.05: (0.91, 0.8), 0.1: (0.8, 0.95)}) == 0.1
+    assert cm.choose_weight({0.0: (0.9, 0.8), 0.05: (0.8, 0.9), 0.1: (0.85, 0.85)}) == 0.0
+    assert cm.choose_weight({0.2: (0.5, 0.5), 0.1: (0.6, 0.4)}) == 0.1
+
+
+def test_end_to_end_choosing_on_an_inner_fold(
+    cm: ModuleType,
+    default_bundle_dir: Path,
+    sets_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    fold = sets_dir / "fix"  # any protocol folder will do: the same one scores the same
+    argv = [str(default_bundle_dir), "--data", str(sets_dir), "--sets", "fix", "--weights", "0,0.5",
+            "--cache", str(tmp_path / "cache"), "--choose-on", str(fold)]  # fmt: skip
+    assert cm.main(argv) == 0
+    out = capsys.readouterr().out
+    rows = [line for line in out.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 2 and all(len(r.split(" | ")) == 3 for r in rows)
+    fold_cells = [r.split(" | ")[2].rstrip(" |") for r in rows]
+    assert [r.split(" | ")[1] for r in rows] == fold_cells  # the same protocol scores the same
+    chosen = out.split("The inner fold chooses w = ")[1].split(".\n")[0]
+    sums = [sum(float(v) for v in c.split(" / ")) for c in fold_cells]
+    assert chosen == ("0" if sums[0] >= sums[1] else "0.5")
+    with pytest.raises(SystemExit):
+        cm.main([*argv[:-1], str(tmp_path / "nowhere")])
