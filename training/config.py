@@ -26,6 +26,7 @@ MIN_INPUT_SIZE = 32
 
 
 DARK_GAIN = (0.2, 0.7)  # --aug-dark's range of exposure gains
+LOWRES_SCALE = (0.2, 0.7)  # --aug-lowres: the small side, as a fraction of the input size
 
 
 @dataclass(frozen=True)
@@ -40,6 +41,8 @@ class AugmentParams:
     erase: float = 0.0  # probability of one random rectangle painted over (occlusion, a hand)
     dark: float = 0.0  # probability of an under-exposed copy: the image times a gain in dark_gain
     dark_gain: tuple[float, float] = DARK_GAIN  # drawn log-uniformly; dim shelves, no flash
+    lowres: float = 0.0  # probability of a low-resolution copy: shrunk and enlarged back
+    lowres_scale: tuple[float, float] = LOWRES_SCALE  # small crops, distant products: blur
 
 
 def _unfreeze(text: str) -> tuple[float, ...]:
@@ -171,6 +174,12 @@ class FitConfig:
         f"probability of under-exposing an image (all pixels times a gain in {DARK_GAIN[0]:g}-"
         f"{DARK_GAIN[1]:g}: dim shelves, in-store video; 0 = off)",
     )
+    aug_lowres: float = _opt(
+        0.0,
+        f"probability of a low-resolution copy of an image (shrunk to {LOWRES_SCALE[0]:g}-"
+        f"{LOWRES_SCALE[1]:g} of the input size and enlarged back: small or distant products, "
+        "in-store crops; 0 = off)",
+    )
     distill: float = _opt(
         0.0,
         "weight of feature distillation: pulls the pooled backbone features towards those of a "
@@ -220,6 +229,7 @@ class FitConfig:
             colour=self.aug_colour,
             erase=self.aug_erase,
             dark=self.aug_dark,
+            lowres=self.aug_lowres,
         )
 
     def to_dict(self) -> dict[str, Any]:
@@ -305,6 +315,8 @@ def validate(cfg: FitConfig) -> None:
         raise ValueError(f"--aug-erase is a probability in [0, 1], got {cfg.aug_erase}")
     if not 0.0 <= cfg.aug_dark <= 1.0:
         raise ValueError(f"--aug-dark is a probability in [0, 1], got {cfg.aug_dark}")
+    if not 0.0 <= cfg.aug_lowres <= 1.0:
+        raise ValueError(f"--aug-lowres is a probability in [0, 1], got {cfg.aug_lowres}")
     # Both pull towards the starting backbone: there must be one worth keeping.
     for flag, value, high, what in (
         ("--distill", cfg.distill, 1000.0, "pulls the features towards the starting backbone's"),

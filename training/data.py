@@ -290,7 +290,7 @@ def check_decoded(arrays: Arrays, classes: Sequence[str], where: Path) -> None:
 def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     """uint8 (N, L, L, 3) -> float32 (N, S, S, 3) in 0..255: random crop/zoom, shift, rotation
     (one projective warp, reflect padding), optional flip, brightness and contrast, optional
-    per-channel gains, under-exposure and random erasing."""
+    per-channel gains, under-exposure, random erasing and low resolution."""
     import tensorflow as tf
 
     x = tf.cast(images, tf.float32)
@@ -337,7 +337,23 @@ def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
         lo, hi = (math.log(g) for g in params.dark_gain)
         gain = tf.exp(tf.random.uniform([n, 1, 1, 1], lo, hi))
         x = tf.where(tf.random.uniform([n, 1, 1, 1]) < params.dark, x * gain, x)
+    if params.lowres > 0:
+        x = _lowres(x, n, out_size, params.lowres, params.lowres_scale)
     return x
+
+
+def _lowres(x: Any, n: Any, out_size: int, p: float, scale: tuple[float, float]) -> Any:
+    """With probability p per image, the image shrunk (area-averaged) to a side drawn
+    log-uniformly from `scale` x out_size and enlarged back (bilinear): the blur of a product
+    that fills few camera pixels. One small side per batch (a resize takes one size)."""
+    import tensorflow as tf
+
+    lo, hi = (math.log(f * out_size) for f in scale)
+    side = tf.cast(tf.round(tf.exp(tf.random.uniform([], lo, hi))), tf.int32)
+    side = tf.maximum(side, 2)
+    small = tf.image.resize(x, tf.stack([side, side]), method="area")
+    back = tf.image.resize(small, [out_size, out_size], method="bilinear")
+    return tf.where(tf.random.uniform([n, 1, 1, 1]) < p, back, x)
 
 
 def _erase(x: Any, n: Any, s: float, p: float) -> Any:

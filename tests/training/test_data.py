@@ -296,6 +296,40 @@ def test_augmentation_colour_gains_erasing_and_dark_do_what_they_say() -> None:
     assert 0.25 <= darkened <= 0.75
 
 
+def _naive_bilinear(img: np.ndarray, out: int) -> np.ndarray:
+    """(h, w, c) -> (out, out, c): half-pixel centres, edges clamped (tf.image.resize bilinear)."""
+    h = img.shape[0]
+    src = np.clip((np.arange(out) + 0.5) * h / out - 0.5, 0, h - 1)
+    i0 = np.floor(src).astype(int)
+    i1 = np.minimum(i0 + 1, h - 1)
+    f = (src - i0)[:, None]
+    rows = img[i0] * (1 - f)[:, :, None] + img[i1] * f[:, :, None]  # along y
+    return rows[:, i0] * (1 - f.T)[:, :, None] + rows[:, i1] * f.T[:, :, None]  # along x
+
+
+def test_augmentation_low_resolution_against_a_naive_shrink_and_enlarge() -> None:
+    import tensorflow as tf
+
+    from training.config import AugmentParams
+    from training.data import augment_batch
+
+    tf.random.set_seed(1)
+    still = dict(zoom=(1.0, 1.0), aspect=1.0, rotation_deg=0.0, brightness=0.0, contrast=(1, 1))
+    rng = np.random.default_rng(0)
+    img = rng.integers(0, 256, size=(4, 32, 32, 3)).astype(np.uint8)
+    got = augment_batch(img, 32, AugmentParams(**still, lowres=1.0, lowres_scale=(0.25, 0.25)))
+    for i in range(4):
+        small = img[i].astype(np.float64).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3))  # area: 4x4
+        np.testing.assert_allclose(got.numpy()[i], _naive_bilinear(small, 32), atol=1e-3)
+    assert got.numpy().std() < 0.5 * img.std()  # the noise is mostly averaged away
+    off = augment_batch(img, 32, AugmentParams(**still, lowres=0.0)).numpy()
+    np.testing.assert_allclose(off, img, atol=1e-3)
+    many = rng.integers(0, 256, size=(64, 16, 16, 3)).astype(np.uint8)
+    half = augment_batch(many, 16, AugmentParams(**still, lowres=0.5)).numpy()
+    changed = (np.abs(half - many) > 1e-3).any(axis=(1, 2, 3)).mean()
+    assert 0.25 <= changed <= 0.75  # about half of 64 images (binomial sd 0.06)
+
+
 def test_augmentation_settings_are_checked() -> None:
     from training.config import FitConfig
 
@@ -304,10 +338,13 @@ def test_augmentation_settings_are_checked() -> None:
         dict(aug_colour=1.0),
         dict(aug_erase=1.5),
         dict(aug_dark=-0.1),
+        dict(aug_lowres=1.1),
     ):
         with pytest.raises(ValueError, match="--aug-"):
             FitConfig(**bad)
-    cfg = FitConfig(aug_zoom=0.5, aug_colour=0.1, aug_erase=0.3, aug_dark=0.4, flip=True)
+    cfg = FitConfig(
+        aug_zoom=0.5, aug_colour=0.1, aug_erase=0.3, aug_dark=0.4, aug_lowres=0.2, flip=True
+    )
     p = cfg.augment_params()
     assert p.zoom == (0.5, 1.0) and p.colour == 0.1 and p.erase == 0.3 and p.flip
-    assert p.dark == 0.4
+    assert p.dark == 0.4 and p.lowres == 0.2
