@@ -137,6 +137,16 @@ def _check_rows(
     return evaluate((ee, qe), (_histograms(ef), _histograms(qf)), (ey, qy), weights)
 
 
+def trained_on_fold(bundle: Path, fold: Path) -> list[str]:
+    """The fold's held-out classes the bundle's model was trained on (model.json `classes`)."""
+    import json
+
+    from device.bundle import read_bundle_meta
+
+    held = json.loads((fold / "protocol.json").read_text(encoding="utf-8"))["heldout_classes"]
+    return sorted(set(read_bundle_meta(bundle).classes) & set(held))
+
+
 def choose_weight(rows: dict[float, tuple[float, float]]) -> float:
     """The rule fixed before the fold was measured: the w with the highest P@1 + AUROC, the
     smaller w on a tie."""
@@ -239,6 +249,13 @@ def main(argv: list[str] | None = None) -> int:
             rows[TRAINING_ROW] = _check_rows(bundle, training_split(args.training_check), weights)
         if args.choose_on:
             fold = args.choose_on.resolve()
+            seen = trained_on_fold(bundle, fold)
+            if seen:
+                p.error(
+                    f"{bundle} was trained on {len(seen)} of the fold's held-out classes (e.g. "
+                    f"{seen[0]}): a choice made there is biased; train a fold model with "
+                    f"`bench/default_model.py --data {args.choose_on}`"
+                )
             enroll, query = domains.embed_set(bundle, fold.parent, fold.name, args.cache)
             rows[FOLD_ROW] = evaluate(
                 (enroll.emb, query.emb),

@@ -57,7 +57,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from device.adaptation import Centring  # noqa: E402
-from device.bundle import read_bundle_meta  # noqa: E402
+from device.bundle import read_bundle_meta, sha256_file  # noqa: E402
 from device.embedder import Embedder  # noqa: E402
 from device.images import load_image  # noqa: E402
 from device.matching import MatchingPolicy  # noqa: E402
@@ -110,7 +110,9 @@ def embed_set(
         if exposure
         else ""
     )
-    path = cache / f"{meta.model_id[:16]}-{name}{tag}.npz"
+    # The protocol's digest too: a set re-made under the same name must not reuse stale rows.
+    digest = sha256_file(data / name / "protocol.json")[:8]
+    path = cache / f"{meta.model_id[:16]}-{name}-{digest}{tag}.npz"
     proto = read_protocol(data / name / "protocol.json")
     if path.is_file():
         z = np.load(path)

@@ -242,21 +242,19 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "depth-cache")
     p.add_argument("--plot", type=Path, help="draw the mix's trade between the first and last set")
     args = p.parse_args(argv)
-    sets = [s for s in args.sets.split(",") if s]
+    sys.path.insert(0, str(ROOT / "bench"))
+    from domains import checked_sets
+
+    sets = checked_sets(p, args)
     try:
         weights = [float(w) for w in args.weights.split(",") if w]
     except ValueError:
         p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
     if not weights or not all(0.0 <= w <= 1.0 for w in weights):
         p.error(f"--weights takes numbers in [0, 1] separated by commas, got {args.weights!r}")
-    if not sets:
-        p.error("--sets names at least one set, e.g. grocery,coil-dev,grozi-dev")
     for source in args.sources:
         if source != "imagenet" and not (Path(source) / "extractor.keras").is_file():
             p.error(f"{source} is not a RUN_DIR with an extractor.keras (or give imagenet)")
-    for name in sets:
-        if not (args.data / name / "protocol.json").is_file():
-            p.error(f"no {args.data / name / 'protocol.json'}: give --data the folder of the sets")
 
     head = " | ".join(f"{s} P@1 / AUROC" for s in sets)
     print(

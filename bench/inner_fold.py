@@ -4,7 +4,7 @@ the model without touching the evaluation sets.
     python bench/inner_fold.py --data ../shared/data/grocery --out runs/fold/grocery-foldA
     KERAS_HOME=../shared/keras python bench/default_model.py --data runs/fold/grocery-foldA \\
         --out runs/fold/foldA-seed0 --seed 0
-    python bench/colour_mix.py runs/fold/foldA-seed0/bundle --fold-check runs/fold/grocery-foldA
+    python bench/colour_mix.py runs/fold/foldA-seed0/bundle --choose-on runs/fold/grocery-foldA
 
 OUT is a protocol folder (links to the dataset's train/, val/, iconic/, classes.tsv, LICENSE) whose
 protocol.json keeps only fold A of the grocery `train_classes` as `train_classes` and names fold B
@@ -26,9 +26,13 @@ import os
 import sys
 from pathlib import Path
 
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+
+from device.images import list_images  # noqa: E402
+
 LINKED = ("train", "val", "iconic", "classes.tsv", "LICENSE")
 SHOTS = 4
-IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png")
 
 
 def split_fold(
@@ -46,25 +50,30 @@ def split_fold(
 
 
 def _photos(folder: Path) -> list[str]:
-    if not folder.is_dir():
-        return []
-    return sorted(f.name for f in folder.iterdir() if f.suffix.lower() in IMAGE_SUFFIXES)
+    return [f.name for f in list_images(folder)] if folder.is_dir() else []
 
 
-def enroll_and_query(data: Path, classes: list[str]) -> tuple[dict[str, list[str]], ...]:
+def enroll_and_query(
+    data: Path, classes: list[str]
+) -> tuple[dict[str, list[str]], dict[str, list[str]]]:
     """({class: first SHOTS train/ photos}, {class: the rest of train/ + val/}), paths relative
     to `data` as protocol.json writes them."""
-    enroll, query = {}, {}
+    enroll: dict[str, list[str]] = {}
+    query: dict[str, list[str]] = {}
     for c in classes:
         train, val = _photos(data / "train" / c), _photos(data / "val" / c)
-        if len(train) <= SHOTS and not val:
-            raise ValueError(f"{c}: needs more than {SHOTS} photos in {data}/train and val")
+        if len(train) < SHOTS or len(train) + len(val) <= SHOTS:
+            raise ValueError(
+                f"{c}: needs at least {SHOTS} photos in {data / 'train' / c} to enroll and one "
+                f"more there or in {data / 'val' / c} to query; hold out another class"
+            )
         enroll[c] = [f"train/{c}/{f}" for f in train[:SHOTS]]
         query[c] = [f"train/{c}/{f}" for f in train[SHOTS:]] + [f"val/{c}/{f}" for f in val]
     return enroll, query
 
 
 def make_fold(data: Path, out: Path) -> tuple[list[str], list[str]]:
+    """Write the fold's protocol folder `out` from the grocery dataset `data`; (fold A, fold B)."""
     proto = json.loads((data / "protocol.json").read_text(encoding="utf-8"))
     with (data / "classes.tsv").open(encoding="utf-8", newline="") as fh:
         super_class = {r["fine_class"]: r["super"] for r in csv.DictReader(fh, delimiter="\t")}

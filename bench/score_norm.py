@@ -73,7 +73,9 @@ NORMS: dict[str, Norm] = {
 }
 
 
-def _gallery(policy: MatchingPolicy, views: np.ndarray, labels: np.ndarray):
+def _gallery(
+    policy: MatchingPolicy, views: np.ndarray, labels: np.ndarray
+) -> tuple[Matcher, np.ndarray, np.ndarray | None]:
     """The device's matcher over these views, and each product's impostor and cohort scores."""
     matcher, _ = policy.build(views, list(labels))
     imp = impostor_scores(matcher, views, labels)
@@ -90,6 +92,9 @@ def evaluate(
     norms: dict[str, Norm] = NORMS,
 ) -> dict[str, tuple[float, float, float]]:
     """{norm: (P@1 ranked by it, protocol AUROC, device AUROC)}; see the module doc."""
+    if len(set(labels.tolist())) < 3:
+        # With one product left out, the one left would have no impostors to normalise against.
+        raise ValueError("score normalisation needs a set of at least 3 products")
     matcher, imp, coh = _gallery(policy, views, labels)
     if coh is None:  # a bundle without a cohort (format 1): nothing to normalise against
         norms = {k: v for k, v in norms.items() if k != "cohort z"}
@@ -106,7 +111,7 @@ def evaluate(
         m2, imp2, coh2 = _gallery(policy, views[keep], labels[keep])
         raw2 = m2.product_scores(queries[mine])[1]
         left_out[p] = (mine, raw2, imp2, coh2)
-    out = {}
+    out: dict[str, tuple[float, float, float]] = {}
     for name, norm in norms.items():
         s = norm(raw, imp, coh)
         p_at_1 = float(np.mean(own[rows, s.argmax(axis=1)]))
@@ -129,7 +134,7 @@ def main(argv: list[str] | None = None) -> int:
     print(f"`python bench/score_norm.py {shlex.join(argv if argv is not None else sys.argv[1:])}`")
     for bundle in args.bundles:
         policy = MatchingPolicy.from_bundle(bundle, read_bundle_meta(bundle))
-        rows = {}
+        rows: dict[str, dict[str, tuple[float, float, float]]] = {}
         for name in sets:
             enroll, query = domains.embed_set(bundle, args.data, name, args.cache)
             rows[name] = evaluate(policy, enroll.emb, enroll.labels, query.emb, query.labels)

@@ -10,6 +10,7 @@ from types import ModuleType
 import numpy as np
 import pytest
 
+from tests.eval.test_bench_domains import make_set
 from tests.scripts import load_script
 
 
@@ -118,20 +119,60 @@ def test_end_to_end_choosing_on_an_inner_fold(
     cm: ModuleType,
     default_bundle_dir: Path,
     sets_dir: Path,
+    fixture_dir: Path,
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    fold = sets_dir / "fix"  # any protocol folder will do: the same one scores the same
-    argv = [str(default_bundle_dir), "--data", str(sets_dir), "--sets", "fix", "--weights", "0,0.5",
-            "--cache", str(tmp_path / "cache"), "--choose-on", str(fold)]  # fmt: skip
+    # The fold: the fixture's products the shipped model was not trained on, 1 enrollment shot
+    # each (the set `fix` has 2 of every product), so its rows differ from the set's.
+    from device.bundle import read_bundle_meta
+
+    fold = make_set(fixture_dir, tmp_path / "folds") / "fix"
+    proto = json.loads((fold / "protocol.json").read_text())
+    new = [p for p in proto["enroll"] if p not in read_bundle_meta(default_bundle_dir).classes]
+    assert len(new) >= 2
+    proto["heldout_classes"] = new
+    proto["enroll"] = {p: proto["enroll"][p][:1] for p in new}
+    proto["query"] = {p: proto["query"][p] for p in new}
+    (fold / "protocol.json").write_text(json.dumps(proto))
+    argv = [str(default_bundle_dir), "--data", str(sets_dir), "--sets", "fix", "--weights",
+            "0,0.5", "--cache", str(tmp_path / "cache"), "--choose-on", str(fold)]  # fmt: skip
     assert cm.main(argv) == 0
     out = capsys.readouterr().out
-    rows = [line for line in out.splitlines() if line.startswith("| 0")]
-    assert len(rows) == 2 and all(len(r.split(" | ")) == 3 for r in rows)
-    fold_cells = [r.split(" | ")[2].rstrip(" |") for r in rows]
-    assert [r.split(" | ")[1] for r in rows] == fold_cells  # the same protocol scores the same
+    rows = [line.rstrip(" |").split(" | ") for line in out.splitlines() if line.startswith("| 0")]
+    assert len(rows) == 2 and all(len(r) == 3 for r in rows)
+    ey, qy = (np.array([p for p, fs in proto[k].items() for _ in fs]) for k in ("enroll", "query"))
+    domains = load_script("bench/domains.py", "bench_domains_for_colour")
+    e, q = domains.embed_set(default_bundle_dir, fold.parent, "fix", tmp_path / "cache")
+    want = cm.evaluate(
+        (e.emb, q.emb), cm._protocol_histograms(fold.parent, "fix", tmp_path / "cache"),
+        (ey, qy), [0.0, 0.5],
+    )  # fmt: skip
+    for row, w in zip(rows, (0.0, 0.5), strict=True):
+        assert row[2] == "{:.3f} / {:.3f}".format(*want[w])  # the fold's own figures
     chosen = out.split("The inner fold chooses w = ")[1].split(".\n")[0]
-    sums = [sum(float(v) for v in c.split(" / ")) for c in fold_cells]
-    assert chosen == ("0" if sums[0] >= sums[1] else "0.5")
+    assert chosen == f"{cm.choose_weight(want):g}"
     with pytest.raises(SystemExit):
         cm.main([*argv[:-1], str(tmp_path / "nowhere")])
+
+
+def test_choose_on_refuses_a_bundle_trained_on_the_fold(
+    cm: ModuleType,
+    default_bundle_dir: Path,
+    sets_dir: Path,
+    tmp_path: Path,
+    capsys: pytest.CaptureFixture,
+) -> None:
+    from device.bundle import read_bundle_meta
+
+    trained = list(read_bundle_meta(default_bundle_dir).classes)
+    assert trained  # the shipped bundle names its training classes
+    fold = sets_dir / "fix"
+    proto = json.loads((fold / "protocol.json").read_text())
+    proto["heldout_classes"] = trained[:2]
+    (fold / "protocol.json").write_text(json.dumps(proto))
+    argv = [str(default_bundle_dir), "--data", str(sets_dir), "--sets", "fix",
+            "--cache", str(tmp_path / "cache"), "--choose-on", str(fold)]  # fmt: skip
+    with pytest.raises(SystemExit):
+        cm.main(argv)
+    assert "train a fold model" in capsys.readouterr().err

@@ -62,7 +62,7 @@ def test_table_cache_and_plot(
     p1, auroc = float(cells[2]), float(cells[4])
     assert 0.0 <= p1 <= 1.0 and 0.0 <= auroc <= 1.0
     assert "reference" in rows[0] and "reference" not in rows[1]
-    assert len(list(cache.glob("*-fix.npz"))) == 1  # one model id, one set
+    assert len(list(cache.glob("*-fix-????????.npz"))) == 1  # one model id, one set
     assert plot.is_file() and plot.stat().st_size > 10_000
 
     # From the cache, the same figures, without embedding anything again.
@@ -111,8 +111,10 @@ def test_exposure_reaches_every_image_and_is_cached_apart(
     proto = json.loads((data / "fix" / "protocol.json").read_text(encoding="utf-8"))
     n_images = sum(len(v) for split in ("enroll", "query") for v in proto[split].values())
     assert len(seen) == n_images
-    assert len(list(cache.glob("*-fix.npz"))) == 1
-    assert len(list(cache.glob("*-fix-exposure-*.npz"))) == 1  # not mixed with plain embeddings
+    assert len(list(cache.glob("*-fix-????????.npz"))) == 1
+    assert (
+        len(list(cache.glob("*-fix-????????-exposure-*.npz"))) == 1
+    )  # not mixed with plain embeddings
     out = capsys.readouterr().out
     row = next(line for line in out.splitlines() if "| fix |" in line).split(" | ")
     fa_percent = float(row[7].rstrip("%"))
@@ -260,3 +262,20 @@ def test_labels_of_coincident_points_are_moved_apart() -> None:
     assert domains._label_offsets([(0.9, 0.95), (0.9, 0.95), (0.5, 0.90)]) == [0.0, -10.0, 0.0]
     # Three together: each one line further down.
     assert domains._label_offsets([(0.9, 0.95)] * 3 + [(0.5, 0.9)]) == [0.0, -10.0, -20.0, 0.0]
+
+
+def test_a_remade_set_of_the_same_name_is_embedded_again(
+    default_bundle_dir: Path, sets_dir: Path, tmp_path: Path
+) -> None:
+    domains = load_domains()
+    cache = tmp_path / "cache"
+    _, query = domains.embed_set(default_bundle_dir, sets_dir, "fix", cache)
+    path = sets_dir / "fix" / "protocol.json"
+    proto = json.loads(path.read_text(encoding="utf-8"))
+    first = next(iter(proto["query"]))
+    proto["query"][first] = proto["query"][first][:1]  # one query fewer or more
+    path.write_text(json.dumps(proto), encoding="utf-8")
+    _, again = domains.embed_set(default_bundle_dir, sets_dir, "fix", cache)
+    assert len(list(cache.glob("*-fix-*.npz"))) == 2
+    expected = sum(len(v) for v in proto["query"].values())
+    assert len(again.labels) == expected != len(query.labels)

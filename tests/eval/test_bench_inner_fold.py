@@ -59,9 +59,20 @@ def test_make_fold_writes_a_protocol_that_holds_fold_b_out(
         fold.main(["--data", str(data), "--out", str(data)])
 
 
-def test_a_class_with_too_few_photos_is_refused(fold: ModuleType, tmp_path: Path) -> None:
-    (tmp_path / "train" / "A").mkdir(parents=True)
-    for i in range(4):
-        (tmp_path / "train" / "A" / f"{i}.jpg").write_bytes(b"")
-    with pytest.raises(ValueError, match="needs more than 4 photos"):
-        fold.enroll_and_query(tmp_path, ["A"])
+@pytest.mark.parametrize(
+    ("n_train", "n_val", "ok"),
+    [(4, 0, False), (4, 1, True), (5, 0, True), (3, 2, False), (0, 6, False)],
+)
+def test_a_class_needs_four_shots_and_a_query(
+    fold: ModuleType, tmp_path: Path, n_train: int, n_val: int, ok: bool
+) -> None:
+    for split, n in (("train", n_train), ("val", n_val)):
+        (tmp_path / split / "A").mkdir(parents=True)
+        for i in range(n):
+            (tmp_path / split / "A" / f"{i}.jpg").write_bytes(b"")
+    if ok:
+        enroll, query = fold.enroll_and_query(tmp_path, ["A"])
+        assert len(enroll["A"]) == 4 and len(query["A"]) == n_train + n_val - 4
+    else:
+        with pytest.raises(ValueError, match="needs at least 4 photos"):
+            fold.enroll_and_query(tmp_path, ["A"])

@@ -322,6 +322,14 @@ def test_augmentation_low_resolution_against_a_naive_shrink_and_enlarge() -> Non
         small = img[i].astype(np.float64).reshape(8, 4, 8, 4, 3).mean(axis=(1, 3))  # area: 4x4
         np.testing.assert_allclose(got.numpy()[i], _naive_bilinear(small, 32), atol=1e-3)
     assert got.numpy().std() < 0.5 * img.std()  # the noise is mostly averaged away
+    # The smallest side is 2 px, however small the scale.
+    tiny = augment_batch(img, 32, AugmentParams(**still, lowres=1.0, lowres_scale=(0.01, 0.01)))
+    small = img[0].astype(np.float64).reshape(2, 16, 2, 16, 3).mean(axis=(1, 3))
+    np.testing.assert_allclose(tiny.numpy()[0], _naive_bilinear(small, 32), atol=1e-3)
+    # The default scale, 0.2-0.7 of 32 px (sides 6-22): blurred, never left sharp.
+    for _ in range(8):
+        blur = augment_batch(img, 32, AugmentParams(**still, lowres=1.0)).numpy()
+        assert 0.1 * img.std() < blur.std() < 0.8 * img.std()
     off = augment_batch(img, 32, AugmentParams(**still, lowres=0.0)).numpy()
     np.testing.assert_allclose(off, img, atol=1e-3)
     many = rng.integers(0, 256, size=(64, 16, 16, 3)).astype(np.uint8)
