@@ -131,5 +131,5 @@ def test_distill_keeps_the_features_nearer_the_starting_backbone(
         for weight, r in ((0.0, plain_start_fit), (200.0, run))
     }
     assert cos[0.0] < 0.999, f"the backbone hardly moved without --distill ({cos}): no test"
-    # Measured 0.83 against 0.59 (runs differ by a few hundredths from one to the next).
+    # Measured 0.73 against 0.56 after the same one epoch.
     assert cos[200.0] > cos[0.0] + 0.1, cos

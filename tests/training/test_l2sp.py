@@ -82,15 +82,15 @@ def test_l2sp_keeps_the_backbone_nearer_its_starting_weights(
     start = load_extractor(tiny_run_dir)
     run = tmp_path / "run"
     result = fit(
-        fixture_dir / "train", run, start_config(tiny_run_dir).with_(l2sp=1.0), progress=False
+        fixture_dir / "train", run, start_config(tiny_run_dir).with_(l2sp=100.0), progress=False
     )
-    assert result.config["training"]["l2sp"] == 1.0
+    assert result.config["training"]["l2sp"] == 100.0
     assert result.config["training"]["l2sp_anchored_values"] > 0
     assert result.extractor.losses == []  # detached: no anchor travels with the extractor
     drift = {
         strength: backbone_drift(load_extractor(r), start)
-        for strength, r in ((0.0, plain_start_fit), (1.0, run))
+        for strength, r in ((0.0, plain_start_fit), (100.0, run))
     }
     assert drift[0.0] > 1e-3, f"the backbone hardly moved without --l2sp ({drift}): no test"
-    # Measured 12.7 against 29.9 (runs differ by a few % from one to the next).
-    assert drift[1.0] < 0.7 * drift[0.0], drift
+    # Measured 2.0 against 13.2 (10: 9.5), after the same one epoch.
+    assert drift[100.0] < 0.5 * drift[0.0], drift
