@@ -33,6 +33,7 @@ grozi-dev are evaluation data: a weight read off their rows and shipped would be
 from __future__ import annotations
 
 import argparse
+import json
 import shlex
 import sys
 from pathlib import Path
@@ -46,8 +47,8 @@ sys.path.insert(0, str(ROOT / "bench"))
 import domains  # noqa: E402  # bench/domains.py: the device's embeddings, cached
 from feature_depth import centre_on_gallery, mix, score  # noqa: E402
 
-from device.bundle import sha256_file  # noqa: E402
-from device.images import load_image  # noqa: E402
+from device.bundle import read_bundle_meta, sha256_file  # noqa: E402
+from device.images import list_images, load_image  # noqa: E402
 
 WEIGHTS = (0.0, 0.05, 0.1, 0.2, 0.3)
 BINS = 4
@@ -106,17 +107,13 @@ def evaluate(
 
 def training_split(grocery: Path) -> tuple[list[Path], np.ndarray, list[Path], np.ndarray]:
     """The grocery training classes as a protocol: first SHOTS train/ photos, val/ queries."""
-    import json
-
-    from device.images import list_images
-
     classes = json.loads((grocery / "protocol.json").read_text(encoding="utf-8"))["train_classes"]
     ef, ey, qf, qy = [], [], [], []
     for c in sorted(classes):
         val = list_images(grocery / "val" / c) if (grocery / "val" / c).is_dir() else []
         if not val:
             continue
-        shots = sorted(list_images(grocery / "train" / c))[:SHOTS]
+        shots = list_images(grocery / "train" / c)[:SHOTS]  # sorted by name
         ef += shots
         ey += [c] * len(shots)
         qf += val
@@ -139,10 +136,6 @@ def _check_rows(
 
 def trained_on_fold(bundle: Path, fold: Path) -> list[str]:
     """The fold's held-out classes the bundle's model was trained on (model.json `classes`)."""
-    import json
-
-    from device.bundle import read_bundle_meta
-
     held = json.loads((fold / "protocol.json").read_text(encoding="utf-8"))["heldout_classes"]
     return sorted(set(read_bundle_meta(bundle).classes) & set(held))
 

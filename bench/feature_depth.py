@@ -38,13 +38,15 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "bench"))
+
+from domains import SETS, checked_sets  # noqa: E402  # the sets, as every set-scoring script
 
 from device.adaptation import centre_vector  # noqa: E402
 from device.bundle import sha256_file  # noqa: E402
 from device.vectors import centre  # noqa: E402
 from training.metrics import p_at_1_and_auroc, product_scores, similarity  # noqa: E402
 
-SETS = ("grocery", "coil-dev", "grozi-dev")
 LAYERS = ("block_12_add", "block_14_add", "block_15_add", "block_16_project_BN", "out_relu")
 FINAL = "out_relu"
 WEIGHTS = (0.0, 0.1, 0.2, 0.3, 0.5, 0.8, 1.0)
@@ -242,9 +244,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--cache", type=Path, default=ROOT / "runs" / "depth-cache")
     p.add_argument("--plot", type=Path, help="draw the mix's trade between the first and last set")
     args = p.parse_args(argv)
-    sys.path.insert(0, str(ROOT / "bench"))
-    from domains import checked_sets
-
     sets = checked_sets(p, args)
     try:
         weights = [float(w) for w in args.weights.split(",") if w]

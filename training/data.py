@@ -333,7 +333,8 @@ def augment_batch(images: Any, out_size: int, params: AugmentParams) -> Any:
     x = tf.clip_by_value(x, 0.0, 255.0)
     if params.dark > 0:
         # On the clipped image: a darker photo of everything above, hand and label included
-        # (only --aug-lowres's blur comes after, and it keeps the levels). Log-uniform: every ratio of gains equally likely (median sqrt(0.2 * 0.7)).
+        # (only --aug-lowres's blur comes after, and it keeps the levels). Log-uniform: every
+        # ratio of gains equally likely (median sqrt(0.2 * 0.7)).
         lo, hi = (math.log(g) for g in params.dark_gain)
         gain = tf.exp(tf.random.uniform([n, 1, 1, 1], lo, hi))
         x = tf.where(tf.random.uniform([n, 1, 1, 1]) < params.dark, x * gain, x)

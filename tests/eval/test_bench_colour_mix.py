@@ -54,7 +54,6 @@ def test_end_to_end_with_the_training_check(
     tmp_path: Path,
     capsys: pytest.CaptureFixture,
 ) -> None:
-    data = sets_dir
     grocery = tmp_path / "grocery"
     grocery.mkdir()
     (grocery / "train").symlink_to(fixture_dir / "train")
@@ -67,7 +66,7 @@ def test_end_to_end_with_the_training_check(
     )
     assert len(qf) == len(qy) and set(qy) == set(ey)
 
-    argv = [str(default_bundle_dir), "--data", str(data), "--sets", "fix", "--weights", "0,0.5",
+    argv = [str(default_bundle_dir), "--data", str(sets_dir), "--sets", "fix", "--weights", "0,0.5",
             "--cache", str(tmp_path / "cache"), "--training-check", str(grocery)]  # fmt: skip
     assert cm.main(argv) == 0
     rows = [line for line in capsys.readouterr().out.splitlines() if line.startswith("| 0")]
